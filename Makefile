@@ -1,0 +1,42 @@
+# The two commands: `make run` (set up and serve) and `make test` (set up and run the whole suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup lint format bench clean
+
+run: setup
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py ensure_admin
+	@echo "Serving on http://127.0.0.1:$${PORT:-8000}/admin/ (proxy at http://127.0.0.1:$${PORT:-8000}/v1)"
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py llmproxy.asgi:application
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP) .env
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+.env: | $(STAMP)
+	$(PY) -m llmproxy.envfile .env
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) bench/proxy_bench.py
+
+clean:
+	rm -rf $(VENV) data/static data/test*.sqlite3

@@ -1,0 +1,14 @@
+"""ASGI entry point (gunicorn with uvicorn workers). Also serves the collected static files, so the admin looks
+right with DEBUG off and no web server in front."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproxy.settings")
+
+django_application = get_asgi_application()
+
+from llmproxy.static import CollectedStaticFilesHandler  # noqa: E402  (needs the settings loaded)
+
+application = CollectedStaticFilesHandler(django_application)

@@ -1,0 +1,197 @@
+"""Settings, read from the environment and an optional `.env` beside `manage.py`.
+
+Production mode is `DEBUG` off (the default): then `SECRET_KEY` and `ENCRYPTION_KEYS` are required and the process
+refuses to start, with a one-line explanation, when either is missing.
+"""
+
+import sys
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def refuse_to_start(reason: str) -> None:
+    """Stop the process with one line on stderr instead of a traceback."""
+    sys.stderr.write(f"llm-proxy: refusing to start: {reason}\n")
+    raise SystemExit(2)
+
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        refuse_to_start("SECRET_KEY is not set (put it in the environment or .env; `make run` writes one).")
+    SECRET_KEY = "insecure-development-only-secret-key"
+
+ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[])
+if not ENCRYPTION_KEYS:
+    if not DEBUG:
+        refuse_to_start(
+            "ENCRYPTION_KEYS is not set (comma-separated Fernet keys, newest first; `make run` writes one)."
+        )
+    # A fixed development key, so DEBUG works with no set-up; never used in production mode.
+    ENCRYPTION_KEYS = ["ZGV2ZWxvcG1lbnQtb25seS1rZXktMzJieXRlcy0hISE="]
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+PORT = env.int("PORT", default=8000)
+
+UPSTREAM_BASE_URL = env.str("UPSTREAM_BASE_URL", default="https://api.openai.com/v1").rstrip("/")
+MANAGEMENT_TOKEN = env.str("MANAGEMENT_TOKEN", default="")
+
+INSTALLED_APPS = [
+    "llmproxy.apps.AdminConfig",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "auditlog",
+    "llmproxy.apps.LLMProxyConfig",
+    "projects",
+    "tokens",
+    "proxy",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmproxy.urls"
+ASGI_APPLICATION = "llmproxy.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------------------
+# SQLite by default (a file under data/, no set-up); PostgreSQL through psycopg 3 with its connection pool.
+(BASE_DIR / "data").mkdir(exist_ok=True)
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'data' / 'llmproxy.sqlite3'}")}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        # IMMEDIATE takes the write lock at BEGIN, so concurrent writers queue instead of failing mid-transaction.
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+    }
+    # Tests that run a real server in another process need the test database in a file, not in memory.
+    _db["TEST"] = {"NAME": str(BASE_DIR / "data" / env.str("TEST_DATABASE_NAME", default="test.sqlite3"))}
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    _db["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must hand them back after each request
+    _db["OPTIONS"] = {
+        "pool": {
+            "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+            "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+        }
+    }
+    if env.str("TEST_DATABASE_NAME", default=""):
+        _db["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files: collected to STATIC_ROOT and served by the app itself (llmproxy.asgi) --------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "data" / "static"
+
+LOGIN_URL = "admin:login"
+
+# --- Security --------------------------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+if env.bool("BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Audit -----------------------------------------------------------------------------------------------------
+# The remote address is set by our own services from REMOTE_ADDR; never trust a client's X-Forwarded-For.
+AUDITLOG_DISABLE_REMOTE_ADDR = False
+AUDITLOG_STORE_JSON_CHANGES = True
+
+# --- Tokens ----------------------------------------------------------------------------------------------------
+TOKEN_MAX_DURATION_HOURS = env.int("TOKEN_MAX_DURATION_HOURS", default=24 * 365)
+TOKEN_MAX_REQUESTS = env.int("TOKEN_MAX_REQUESTS", default=1_000_000_000)
+
+# --- Proxy -----------------------------------------------------------------------------------------------------
+PROXY_ALLOWED_ENDPOINTS = env.list(
+    "PROXY_ALLOWED_ENDPOINTS",
+    default=[
+        "POST /chat/completions",
+        "POST /completions",
+        "POST /embeddings",
+        "GET /models",
+        "GET /models/*",
+        "POST /moderations",
+        "POST /images/generations",
+        "POST /images/edits",
+        "POST /images/variations",
+        "POST /audio/speech",
+        "POST /audio/transcriptions",
+        "POST /audio/translations",
+        "GET /files",
+        "POST /files",
+        "GET /files/*",
+        "DELETE /files/*",
+        "GET /files/*/content",
+        "POST /responses",
+        "GET /responses/*",
+        "DELETE /responses/*",
+        "POST /responses/*/cancel",
+        "GET /responses/*/input_items",
+    ],
+)
+PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=32 * 1024 * 1024)
+PROXY_CONNECT_TIMEOUT = env.float("PROXY_CONNECT_TIMEOUT", default=10.0)
+PROXY_READ_TIMEOUT = env.float("PROXY_READ_TIMEOUT", default=600.0)
+PROXY_CORS_ALLOWED_ORIGINS = env.list("PROXY_CORS_ALLOWED_ORIGINS", default=[])
+DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}

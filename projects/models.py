@@ -1,0 +1,53 @@
+import uuid
+
+from django.db import models
+from django.db.models.functions import Lower
+
+from . import crypto
+from .keys import mask_api_key, validate_api_key
+
+
+class Project(models.Model):
+    """An upstream OpenAI API key, with the tokens handed out against it. Never deleted: kept for the audit."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    api_key_ciphertext = models.TextField(editable=False)
+    api_key_updated_at = models.DateTimeField(editable=False, verbose_name="API key set")
+    is_active = models.BooleanField(default=True, verbose_name="active")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                Lower("name"),
+                name="project_name_unique_ci",
+                violation_error_message="A project with this name already exists.",
+            )
+        ]
+        indexes = [models.Index(fields=["is_active", "name"], name="project_active_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_api_key(self, plaintext: str) -> None:
+        validate_api_key(plaintext)
+        self.api_key_ciphertext = crypto.encrypt(plaintext)
+
+    @property
+    def api_key(self) -> str:
+        return crypto.decrypt(self.api_key_ciphertext)
+
+    @property
+    def api_key_masked(self) -> str:
+        try:
+            return mask_api_key(self.api_key)
+        except crypto.KeyDecryptionError:
+            return "(cannot be decrypted with ENCRYPTION_KEYS)"
+
+    @property
+    def status_label(self) -> str:
+        return "Active" if self.is_active else "Inactive"

@@ -1,0 +1,18 @@
+"""Reads about projects."""
+
+from django.db.models import Count, Q, QuerySet
+
+from .models import Project
+
+
+def project_list_with_token_counts() -> QuerySet[Project]:
+    """Projects annotated with `token_count`, in one query (no query per row)."""
+    return Project.objects.annotate(token_count=Count("tokens"))
+
+
+def active_projects() -> QuerySet[Project]:
+    return Project.objects.filter(is_active=True)
+
+
+def project_counts() -> dict[str, int]:
+    return Project.objects.aggregate(total=Count("id"), active=Count("id", filter=Q(is_active=True)))

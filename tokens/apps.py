@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class TokensConfig(AppConfig):
+    name = "tokens"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from auditlog.registry import auditlog
+
+        from .models import Token
+
+        # Counters and last-used change on every proxied request: usage, not operator actions.
+        auditlog.register(Token, exclude_fields=["request_count", "cache_hit_count", "last_used_at"])

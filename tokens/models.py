@@ -1,0 +1,129 @@
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from projects.models import Project
+
+
+class TokenStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
+    LIMIT_REACHED = "limit_reached", "Limit reached"
+
+
+def status_conditions(now: datetime) -> dict[str, Q]:
+    """The status rule, as SQL conditions: the one place it is written (see `Token.status_at` for its twin).
+
+    Precedence: revoked, then expired, then limit reached, else active.
+    """
+    revoked = Q(revoked_at__isnull=False)
+    expired = Q(revoked_at__isnull=True, expires_at__lte=now)
+    limit = Q(revoked_at__isnull=True, expires_at__gt=now, max_requests__isnull=False) & Q(
+        request_count__gte=F("max_requests")
+    )
+    active = Q(revoked_at__isnull=True, expires_at__gt=now) & (
+        Q(max_requests__isnull=True) | Q(request_count__lt=F("max_requests"))
+    )
+    return {
+        TokenStatus.REVOKED: revoked,
+        TokenStatus.EXPIRED: expired,
+        TokenStatus.LIMIT_REACHED: limit,
+        TokenStatus.ACTIVE: active,
+    }
+
+
+class TokenQuerySet(models.QuerySet):
+    def with_status(self, status: str, now: datetime | None = None) -> "TokenQuerySet":
+        return self.filter(status_conditions(now or timezone.now())[TokenStatus(status)])
+
+    def usable(self, now: datetime | None = None) -> "TokenQuerySet":
+        """Active and its project active: what the proxy would admit."""
+        return self.with_status(TokenStatus.ACTIVE, now).filter(project__is_active=True)
+
+
+class Token(models.Model):
+    """A short-lived, revocable credential for one project. The secret itself is never stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="tokens")
+    label = models.CharField(max_length=200, blank=True, help_text="Who or what holds this token.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=20, db_index=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_label = models.CharField(max_length=200, blank=True, editable=False)
+    expires_at = models.DateTimeField(db_index=True)
+    max_requests = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Blank means unlimited.", verbose_name="request limit"
+    )
+    request_count = models.PositiveBigIntegerField(default=0, editable=False)
+    cache_hit_count = models.PositiveBigIntegerField(default=0, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_by_label = models.CharField(max_length=200, blank=True, editable=False)
+
+    objects = TokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["project", "-created_at"], name="token_project_created"),
+            models.Index(fields=["revoked_at", "expires_at"], name="token_revoked_expires"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_requests__isnull=True) | Q(max_requests__gt=0),
+                name="token_max_requests_positive",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.label})" if self.label else f"{self.prefix}…"
+
+    def status_at(self, now: datetime) -> TokenStatus:
+        """The status rule in Python, the twin of `status_conditions`."""
+        if self.revoked_at is not None:
+            return TokenStatus.REVOKED
+        if self.expires_at <= now:
+            return TokenStatus.EXPIRED
+        if self.max_requests is not None and self.request_count >= self.max_requests:
+            return TokenStatus.LIMIT_REACHED
+        return TokenStatus.ACTIVE
+
+    @property
+    def status(self) -> TokenStatus:
+        return self.status_at(timezone.now())
+
+    @property
+    def blocked_by_project(self) -> bool:
+        """Would be usable, but its project is inactive."""
+        return self.status == TokenStatus.ACTIVE and not self.project.is_active
+
+    @property
+    def requests_remaining(self) -> int | None:
+        if self.max_requests is None:
+            return None
+        return max(self.max_requests - self.request_count, 0)
+
+    @property
+    def total_requests(self) -> int:
+        """Upstream requests (`request_count`, which the limit counts) plus requests answered from cache."""
+        return self.request_count + self.cache_hit_count
+
+    @property
+    def created_by_display(self) -> str:
+        return self.created_by.get_username() if self.created_by else self.created_by_label
+
+    @property
+    def revoked_by_display(self) -> str:
+        return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label

@@ -1,0 +1,53 @@
+"""Reads about tokens."""
+
+import re
+import uuid
+from datetime import timedelta
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from . import secret
+from .models import Token, TokenStatus
+
+_ID_PREFIX_RE = re.compile(r"[0-9a-fA-F-]{4,36}")
+
+
+def token_search_filter(term: str) -> Q | None:
+    """What an operator can paste into the search box: a whole token, its display prefix, or (part of) its ID."""
+    term = term.strip()
+    if not term:
+        return None
+    if secret.is_well_formed(term):
+        return Q(digest=secret.digest(term))
+    if term.startswith(secret.PREFIX):
+        return Q(prefix__startswith=term[: secret.DISPLAY_PREFIX_LENGTH])
+    try:
+        return Q(pk=uuid.UUID(term))
+    except ValueError:
+        pass
+    if _ID_PREFIX_RE.fullmatch(term):
+        return Q(pk__startswith=term.replace("-", "")) | Q(label__icontains=term)
+    return Q(label__icontains=term)
+
+
+def token_counts() -> dict[str, int]:
+    now = timezone.now()
+    usable = Token.objects.usable(now)
+    return {
+        "active": usable.count(),
+        "expiring_24h": usable.filter(expires_at__lte=now + timedelta(hours=24)).count(),
+    }
+
+
+def project_token_summary(project) -> dict:
+    tokens = Token.objects.filter(project=project)
+    return {
+        "total": tokens.count(),
+        "active": tokens.with_status(TokenStatus.ACTIVE).count(),
+        "recent": list(tokens.order_by("-created_at")[:10]),
+    }
+
+
+def tokens_for_list() -> QuerySet[Token]:
+    return Token.objects.select_related("project")
