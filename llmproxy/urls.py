@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.http import HttpResponseRedirect
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("", lambda request: HttpResponseRedirect("/admin/")),
     path("admin/", admin.site.urls),
+    path("v1/", include("proxy.urls")),
+    path("manage/", include("llmproxy.manage_api.urls")),
 ]
