@@ -2,9 +2,13 @@ from django.contrib import admin
 from django.http import HttpResponseRedirect
 from django.urls import include, path
 
+from llmproxy import health
+
 urlpatterns = [
     path("", lambda request: HttpResponseRedirect("/admin/")),
     path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("v1/", include("proxy.urls")),
     path("manage/", include("llmproxy.manage_api.urls")),
 ]
