@@ -49,5 +49,10 @@ def project_token_summary(project) -> dict:
     }
 
 
+def project_unrevoked_token_count(project) -> int:
+    """How many of the project's tokens a "revoke all" would revoke."""
+    return Token.objects.filter(project=project, revoked_at__isnull=True).count()
+
+
 def tokens_for_list() -> QuerySet[Token]:
     return Token.objects.select_related("project")
