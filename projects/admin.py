@@ -1,0 +1,311 @@
+"""The operator's project pages: list, create, detail, edit, activate/deactivate, revoke all tokens, history.
+
+Every write goes through projects.services / tokens.services with the operator as the audited actor. Projects are
+never deleted: the delete URL, and any DELETE request, answers 405.
+"""
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+
+from llmproxy.admin_history import AuditHistoryMixin
+from llmproxy.audit import Actor
+from tokens.selectors import project_token_summary, project_unrevoked_token_count
+from tokens.services import project_tokens_revoke
+
+from .forms import ProjectCreateForm, ProjectEditForm
+from .models import Project
+from .selectors import project_list_with_token_counts
+from .services import project_create, project_set_active, project_update
+
+NOT_DELETABLE = "Projects cannot be deleted. Deactivate the project and revoke its tokens instead."
+
+
+def _refuse_delete_method(view: Callable) -> Callable:
+    """Any DELETE request to a project page answers 405: projects are kept for the audit trail."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method == "DELETE":
+            return HttpResponseNotAllowed(["GET", "HEAD", "POST"], NOT_DELETABLE, content_type="text/plain")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _delete_refused(request: HttpRequest, object_id: str) -> HttpResponse:
+    return HttpResponseNotAllowed([], NOT_DELETABLE, content_type="text/plain")
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else f"{noun}s"
+
+
+class ProjectStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("inactive", "Inactive")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("active", "inactive"):
+            return queryset.filter(is_active=self.value() == "active")
+        return queryset
+
+
+def status_badge(project: Project) -> str:
+    css = "badge-success" if project.is_active else "badge-muted"
+    return format_html('<span class="badge {}">{}</span>', css, project.status_label)
+
+
+@admin.register(Project)
+class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
+    list_display = ["name", "status", "created", "token_count", "row_actions"]
+    list_filter = [ProjectStatusFilter]
+    search_fields = ["name"]
+    ordering = ["name"]
+    list_per_page = 25
+    actions = ["deactivate_selected", "activate_selected"]
+
+    detail_template = "admin/projects/project/detail.html"
+    form_template = "admin/projects/project/form.html"
+    set_active_template = "admin/projects/project/set_active_confirmation.html"
+    set_active_selected_template = "admin/projects/project/set_active_selected_confirmation.html"
+    revoke_tokens_template = "admin/projects/project/revoke_tokens_confirmation.html"
+
+    # --- list ----------------------------------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Project]:
+        queryset = project_list_with_token_counts()
+        ordering = self.get_ordering(request)
+        return queryset.order_by(*ordering) if ordering else queryset
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Projects", **(extra_context or {})})
+
+    @admin.display(description="Status", ordering="is_active")
+    def status(self, project: Project) -> str:
+        return status_badge(project)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, project: Project):
+        return project.created_at
+
+    @admin.display(description="Tokens", ordering="token_count")
+    def token_count(self, project: Project) -> int:
+        return project.token_count
+
+    @admin.display(description="Actions")
+    def row_actions(self, project: Project) -> str:
+        edit = reverse("admin:projects_project_edit", args=[project.pk])
+        if project.is_active:
+            toggle, label = reverse("admin:projects_project_deactivate", args=[project.pk]), "Deactivate"
+        else:
+            toggle, label = reverse("admin:projects_project_activate", args=[project.pk]), "Activate"
+        return format_html(
+            '<span class="row-actions"><a href="{}">Edit</a><a href="{}">{}</a></span>', edit, toggle, label
+        )
+
+    # --- permissions and URLs --------------------------------------------------------------------------------------
+
+    def has_delete_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        info = f"{self.opts.app_label}_{self.opts.model_name}"
+
+        def view(method: Callable) -> Callable:
+            return self.admin_site.admin_view(method)
+
+        own = [
+            path("<path:object_id>/edit/", view(self.edit_view), name=f"{info}_edit"),
+            path("<path:object_id>/activate/", view(self.activate_view), name=f"{info}_activate"),
+            path("<path:object_id>/deactivate/", view(self.deactivate_view), name=f"{info}_deactivate"),
+            path("<path:object_id>/revoke-tokens/", view(self.revoke_tokens_view), name=f"{info}_revoke_tokens"),
+            path("<path:object_id>/delete/", _delete_refused, name=f"{info}_delete"),
+        ]
+        inherited = [p for p in super().get_urls() if p.name != f"{info}_delete"]
+        return [
+            URLPattern(p.pattern, _refuse_delete_method(p.callback), p.default_args, p.name) for p in own + inherited
+        ]
+
+    def _get_project(self, request: HttpRequest, object_id: str, *, change: bool) -> Project:
+        project = self.get_object(request, unquote(object_id))
+        if project is None:
+            raise Http404("No such project.")
+        allowed = self.has_change_permission if change else self.has_view_or_change_permission
+        if not allowed(request, project):
+            raise PermissionDenied
+        return project
+
+    def _context(self, request: HttpRequest, title: str, **extra) -> dict:
+        return {**self.admin_site.each_context(request), "title": title, "subtitle": None, "opts": self.opts, **extra}
+
+    def _detail_url(self, project: Project) -> str:
+        return reverse("admin:projects_project_change", args=[project.pk])
+
+    # --- create, detail, edit ------------------------------------------------------------------------------------
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ProjectCreateForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            try:
+                project = project_create(**form.cleaned_data, actor=Actor.from_request(request))
+            except ValidationError as e:
+                form.add_error(None, e)
+            else:
+                messages.success(request, f"Project “{project.name}” was created. It is active.")
+                return HttpResponseRedirect(self._detail_url(project))
+        context = self._context(
+            request,
+            "New project",
+            form=form,
+            submit_label="Create project",
+            cancel_url=reverse("admin:projects_project_changelist"),
+            add=True,
+        )
+        return TemplateResponse(request, self.form_template, context)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        """The project page: its details, its tokens and what can be done with it (editing is `edit_view`)."""
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        project = self._get_project(request, object_id, change=False)
+        can_change = self.has_change_permission(request, project)
+        context = self._context(
+            request,
+            project.name,
+            project=project,
+            original=project,
+            status=status_badge(project),
+            tokens=project_token_summary(project),
+            can_change=can_change,
+            can_revoke_tokens=can_change and request.user.has_perm("tokens.change_token"),
+            can_generate_token=request.user.has_perm("tokens.add_token"),
+            all_tokens_query=f"?project__id__exact={project.pk}",
+            generate_token_query=f"?project={project.pk}",
+            **(extra_context or {}),
+        )
+        return TemplateResponse(request, self.detail_template, context)
+
+    def edit_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        project = self._get_project(request, object_id, change=True)
+        data = request.POST if request.method == "POST" else None
+        form = ProjectEditForm(data, initial={"name": project.name}, masked_key=project.api_key_masked)
+        if form.is_valid():
+            try:
+                project = project_update(
+                    project=project,
+                    name=form.cleaned_data["name"],
+                    api_key=form.cleaned_data["api_key"] or None,
+                    actor=Actor.from_request(request),
+                )
+            except ValidationError as e:
+                form.add_error(None, e)
+            else:
+                messages.success(request, f"Project “{project.name}” was saved.")
+                return HttpResponseRedirect(self._detail_url(project))
+        context = self._context(
+            request,
+            f"Edit {project.name}",
+            form=form,
+            project=project,
+            original=project,
+            submit_label="Save changes",
+            cancel_url=self._detail_url(project),
+        )
+        return TemplateResponse(request, self.form_template, context)
+
+    # --- activate / deactivate -----------------------------------------------------------------------------------
+
+    def activate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._set_active_view(request, object_id, active=True)
+
+    def deactivate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._set_active_view(request, object_id, active=False)
+
+    def _set_active_view(self, request: HttpRequest, object_id: str, *, active: bool) -> HttpResponse:
+        """GET asks for confirmation; POST does it."""
+        project = self._get_project(request, object_id, change=True)
+        verb = "activate" if active else "deactivate"
+        if request.method == "POST":
+            if project.is_active == active:
+                messages.info(request, f"Project “{project.name}” is already {project.status_label.lower()}.")
+            else:
+                project = project_set_active(project=project, active=active, actor=Actor.from_request(request))
+                messages.success(request, f"Project “{project.name}” was {verb}d.")
+            return HttpResponseRedirect(self._detail_url(project))
+        context = self._context(
+            request,
+            f"{verb.capitalize()} project “{project.name}”?",
+            project=project,
+            original=project,
+            active=active,
+            verb=verb,
+            already=project.is_active == active,
+        )
+        return TemplateResponse(request, self.set_active_template, context)
+
+    @admin.action(description="Deactivate selected projects", permissions=["change"])
+    def deactivate_selected(self, request: HttpRequest, queryset: QuerySet[Project]) -> HttpResponse | None:
+        return self._set_active_selected(request, queryset, active=False)
+
+    @admin.action(description="Activate selected projects", permissions=["change"])
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[Project]) -> HttpResponse | None:
+        return self._set_active_selected(request, queryset, active=True)
+
+    def _set_active_selected(self, request: HttpRequest, queryset: QuerySet[Project], *, active: bool):
+        """Like Django's delete_selected: a confirmation page first, then (with `post`) the change, one by one."""
+        verb = "activate" if active else "deactivate"
+        to_change = [p for p in queryset if p.is_active != active]
+        if request.POST.get("post"):
+            actor = Actor.from_request(request)
+            for project in to_change:
+                project_set_active(project=project, active=active, actor=actor)
+            count = len(to_change)
+            messages.success(request, f"{verb.capitalize()}d {count} {_plural(count, 'project')}.")
+            return None
+        context = self._context(
+            request,
+            f"{verb.capitalize()} selected projects?",
+            queryset=queryset,
+            to_change=to_change,
+            active=active,
+            verb=verb,
+            action=f"{verb}_selected",
+            action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
+        )
+        return TemplateResponse(request, self.set_active_selected_template, context)
+
+    # --- revoke all tokens ---------------------------------------------------------------------------------------
+
+    def revoke_tokens_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        project = self._get_project(request, object_id, change=True)
+        if not request.user.has_perm("tokens.change_token"):
+            raise PermissionDenied
+        if request.method == "POST":
+            count = project_tokens_revoke(project=project, actor=Actor.from_request(request))
+            messages.success(request, f"Revoked {count} {_plural(count, 'token')} of “{project.name}”.")
+            return HttpResponseRedirect(self._detail_url(project))
+        context = self._context(
+            request,
+            f"Revoke all tokens of “{project.name}”?",
+            project=project,
+            original=project,
+            unrevoked=project_unrevoked_token_count(project),
+        )
+        return TemplateResponse(request, self.revoke_tokens_template, context)
