@@ -9,7 +9,15 @@ class AdminConfig(DjangoAdminConfig):
 
 
 class LLMProxyConfig(AppConfig):
-    """The project's own commands (ensure_admin, …) and templates."""
+    """The project's own commands (ensure_admin, …), templates and security events."""
 
     name = "llmproxy"
     verbose_name = "LLM Proxy"
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_login_failed
+
+        from . import admin_security  # noqa: F401  (the security-event admin, kept apart from llmproxy/admin.py)
+        from .signals import record_failed_login
+
+        user_login_failed.connect(record_failed_login, dispatch_uid="llmproxy.security.failed_login")

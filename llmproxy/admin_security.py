@@ -1,0 +1,69 @@
+"""The security-event list: read-only, newest first, filterable; events are recorded, never edited here."""
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .models import SecurityEvent
+from .security import security_events, security_events_search
+
+
+@admin.register(SecurityEvent)
+class SecurityEventAdmin(admin.ModelAdmin):
+    list_display = ["last_seen", "kind", "reason", "count", "client_ip", "token_link", "project_link", "username"]
+    list_display_links = ["last_seen"]
+    list_filter = [
+        "kind",
+        "reason",
+        ("last_seen", admin.DateFieldListFilter),
+        ("project", admin.RelatedOnlyFieldListFilter),
+    ]
+    search_fields = ["client_ip", "token_prefix", "username"]  # shows the search box; see get_search_results
+    search_help_text = "An IP address (exact), a token prefix (sk-wt-…) or a user name."
+    show_full_result_count = False
+    fields = [
+        "kind",
+        "reason",
+        "count",
+        "first_seen",
+        "last_seen",
+        "client_ip",
+        "token_prefix",
+        "token_link",
+        "project_link",
+        "username",
+        "detail",
+    ]
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SecurityEvent]:
+        return security_events()
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        return security_events_search(queryset, search_term), False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SecurityEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: SecurityEvent | None = None) -> bool:
+        return False
+
+    @admin.display(description="Token", ordering="token_prefix")
+    def token_link(self, event: SecurityEvent) -> str:
+        if event.token is None:
+            return f"{event.token_prefix}…" if event.token_prefix else "-"
+        url = reverse("admin:tokens_token_change", args=[event.token.pk])
+        return format_html('<a href="{}">{}</a>', url, str(event.token))
+
+    @admin.display(description="Project", ordering="project__name")
+    def project_link(self, event: SecurityEvent) -> str:
+        if event.project is None:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:projects_project_change", args=[event.project.pk]), event.project
+        )
