@@ -353,5 +353,6 @@ def test_history_shows_the_audit_entries(admin_client, make_project):
     admin_client.post(url("deactivate", project))
     text = page(admin_client.get(url("history", project)))
     assert text.count('class="audit-entry"') == 3  # created, renamed, deactivated
-    assert "Before → After" in text and "True → False" in text
+    assert "<strong>Name</strong>: Before → After" in text and "<strong>Active</strong>: True → False" in text
+    assert ".None<" not in text and "Token.None" not in text, "reverse relations are not changes"
     assert ">operator<" in text and "10.1.2.3" in text and "127.0.0.1" in text and ">admin<" in text

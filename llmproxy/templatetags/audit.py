@@ -3,6 +3,7 @@
 from auditlog.models import LogEntry
 from django import template
 from django.urls import NoReverseMatch, reverse
+from django.utils.text import capfirst
 
 register = template.Library()
 
@@ -38,7 +39,7 @@ def audit_changes(entry: LogEntry) -> list[tuple[str, str, str]]:
     model = entry.content_type.model_class()
     reverse = {f.name for f in model._meta.get_fields() if f.auto_created and not f.concrete} if model else set()
     return [
-        (field, values[0], values[-1])
+        (capfirst(field), values[0], values[-1])
         for field, values in entry.changes_display_dict.items()
         if field not in reverse and isinstance(values, list | tuple) and values
     ]
