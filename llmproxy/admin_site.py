@@ -1,9 +1,28 @@
 """The operator UI: Django's admin, with a dashboard as its home page."""
 
 from django.contrib import admin
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 
 class LLMProxyAdminSite(admin.AdminSite):
     site_header = "LLM Proxy"
     site_title = "LLM Proxy admin"
     index_title = "Dashboard"
+    recent_activity_size = 10
+
+    def index(self, request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
+        """The dashboard: projects and tokens at a glance, recent activity, quick actions, then the app list."""
+        # Imported here: this module is loaded while the app registry is still being populated.
+        from projects.selectors import project_counts
+        from tokens.selectors import token_counts
+
+        from .selectors import audit_recent_entries
+
+        context = {
+            "project_counts": project_counts(),
+            "token_counts": token_counts(),
+            "recent_activity": audit_recent_entries(self.recent_activity_size),
+            **(extra_context or {}),
+        }
+        return super().index(request, context)
