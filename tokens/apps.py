@@ -10,5 +10,6 @@ class TokensConfig(AppConfig):
 
         from .models import Token
 
-        # Counters and last-used change on every proxied request: usage, not operator actions.
-        auditlog.register(Token, exclude_fields=["request_count", "cache_hit_count", "last_used_at"])
+        # Counters and last-used change on every proxied request: usage, not operator actions. The digest is the
+        # lookup key for the secret: never shown, so never put in the history either.
+        auditlog.register(Token, exclude_fields=["request_count", "cache_hit_count", "last_used_at", "digest"])

@@ -27,8 +27,16 @@ def token_search_filter(term: str) -> Q | None:
     except ValueError:
         pass
     if _ID_PREFIX_RE.fullmatch(term):
-        return Q(pk__startswith=term.replace("-", "")) | Q(label__icontains=term)
+        return Q(pk__startswith=_canonical_uuid_prefix(term)) | Q(label__icontains=term)
     return Q(label__icontains=term)
+
+
+def _canonical_uuid_prefix(term: str) -> str:
+    """`5F2D7878FEFE` or `5f2d7878-fefe` → `5f2d7878-fefe`: PostgreSQL compares the ID's hyphenated text form (and
+    Django strips the hyphens again where UUIDs are stored as 32 hex characters, as on SQLite)."""
+    digits = term.replace("-", "").lower()
+    bounds = ((0, 8), (8, 12), (12, 16), (16, 20), (20, None))
+    return "-".join(digits[a:b] for a, b in bounds if digits[a:b])
 
 
 def token_counts() -> dict[str, int]:
@@ -56,3 +64,13 @@ def project_unrevoked_token_count(project) -> int:
 
 def tokens_for_list() -> QuerySet[Token]:
     return Token.objects.select_related("project")
+
+
+BLOCKED_STATUS = "blocked"
+
+
+def tokens_with_display_status(tokens: QuerySet[Token], status: str) -> QuerySet[Token]:
+    """Filter by status as the operator sees it: a token status, or `blocked` (active, but its project inactive)."""
+    if status == BLOCKED_STATUS:
+        return tokens.with_status(TokenStatus.ACTIVE).filter(project__is_active=False)
+    return tokens.with_status(status)
