@@ -1,0 +1,336 @@
+"""The operator's token screens: generate (the secret shown once), list, details, revoke, change the limit.
+
+Thin by design: forms parse, `tokens.services` decide and audit (with the operator as actor), templates present.
+Tokens are never edited field by field and never deleted.
+"""
+
+import csv
+from datetime import datetime, timedelta
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from llmproxy.admin_history import AuditHistoryMixin
+from llmproxy.audit import Actor
+
+from .forms import TokenGenerateForm, TokenLimitForm
+from .models import Token, TokenStatus
+from .selectors import BLOCKED_STATUS, token_search_filter, tokens_for_list, tokens_with_display_status
+from .services import token_generate, token_revoke, token_set_max_requests, tokens_revoke
+
+# Badge classes come from templates/admin/base_site.html, shared with the project screens.
+BADGE_CLASSES = {
+    TokenStatus.ACTIVE: "badge-success",
+    TokenStatus.EXPIRED: "badge-muted",
+    TokenStatus.REVOKED: "badge-danger",
+    TokenStatus.LIMIT_REACHED: "badge-warning",
+    BLOCKED_STATUS: "badge-warning",
+}
+BLOCKED_LABEL = "Active (project inactive)"
+NOT_REVOKED_HELP = "Revoked tokens stop working at once, for good; this cannot be undone."
+
+
+def status_label(token: Token) -> tuple[str, str]:
+    """(key, label) of a token's status as the operator sees it: an active token of an inactive project is blocked."""
+    if token.blocked_by_project:
+        return BLOCKED_STATUS, BLOCKED_LABEL
+    status = token.status
+    return status.value, status.label
+
+
+def status_badge(token: Token) -> SafeString:
+    key, label = status_label(token)
+    return format_html('<span class="badge {} token-status-{}">{}</span>', BADGE_CLASSES[key], key, label)
+
+
+def requests_display(token: Token) -> str:
+    return f"{token.request_count} / {token.max_requests if token.max_requests is not None else '∞'}"
+
+
+class TokenStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [*TokenStatus.choices, (BLOCKED_STATUS, BLOCKED_LABEL)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Token]) -> QuerySet[Token]:
+        if self.value() in {*TokenStatus.values, BLOCKED_STATUS}:
+            return tokens_with_display_status(queryset, self.value())
+        return queryset
+
+
+def _csv_cell(value: object) -> str:
+    """Text a spreadsheet will not run as a formula (labels are typed by people)."""
+    text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@admin.register(Token)
+class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
+    list_display = (
+        "short_id",
+        "project_link",
+        "label",
+        "status",
+        "created",
+        "expires",
+        "requests",
+        "cached",
+        "last_used",
+        "row_actions",
+    )
+    list_display_links = ("short_id",)
+    list_filter = ("project", TokenStatusFilter)
+    sortable_by = ("created", "expires", "requests")
+    # The box is shown because search_fields is set; what it matches is decided by token_search_filter.
+    search_fields = ("id",)
+    search_help_text = "Search by ID (whole or first characters), display prefix (sk-wt-…), a whole token, or label."
+    actions = ("export_csv", "revoke_selected")
+    list_per_page = 50
+    view_on_site = False
+
+    # --- permissions: tokens are never deleted ---------------------------------------------------------------
+
+    def has_delete_permission(self, request: HttpRequest, obj: Token | None = None) -> bool:
+        return False
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        return HttpResponseNotAllowed([], "Tokens are never deleted; revoke them instead.")
+
+    # --- list ------------------------------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Token]:
+        return tokens_for_list()
+
+    def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
+        if self.has_change_permission(request):
+            return self.list_display
+        return tuple(name for name in self.list_display if name != "row_actions")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Token], search_term: str
+    ) -> tuple[QuerySet[Token], bool]:
+        condition = token_search_filter(search_term)
+        return (queryset if condition is None else queryset.filter(condition)), False
+
+    @admin.display(description="ID")
+    def short_id(self, obj: Token) -> SafeString:
+        return format_html('<code title="{}">{}</code>', obj.pk, str(obj.pk)[:8])
+
+    @admin.display(description="Project")
+    def project_link(self, obj: Token) -> SafeString:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:projects_project_change", args=[obj.project_id]), obj.project.name
+        )
+
+    @admin.display(description="Status")
+    def status(self, obj: Token) -> SafeString:
+        return status_badge(obj)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, obj: Token) -> datetime:
+        return obj.created_at
+
+    @admin.display(description="Expires", ordering="expires_at")
+    def expires(self, obj: Token) -> datetime:
+        return obj.expires_at
+
+    @admin.display(description="Requests", ordering="request_count")
+    def requests(self, obj: Token) -> str:
+        return requests_display(obj)
+
+    @admin.display(description="Cached")
+    def cached(self, obj: Token) -> int:
+        return obj.cache_hit_count
+
+    @admin.display(description="Last used", empty_value="Never")
+    def last_used(self, obj: Token) -> datetime | None:
+        return obj.last_used_at
+
+    @admin.display(description="Actions")
+    def row_actions(self, obj: Token) -> SafeString:
+        links = [format_html('<a href="{}">Limit</a>', reverse("admin:tokens_token_limit", args=[obj.pk]))]
+        if obj.revoked_at is None:
+            links.append(format_html('<a href="{}">Revoke</a>', reverse("admin:tokens_token_revoke", args=[obj.pk])))
+        return format_html(" · ".join(["{}"] * len(links)), *links)
+
+    # --- bulk actions ----------------------------------------------------------------------------------------
+
+    @admin.action(description="Export selected as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Token]) -> HttpResponse:
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="tokens.csv"'
+        writer = csv.writer(response)
+        writer.writerow(
+            [
+                "id",
+                "prefix",
+                "project",
+                "label",
+                "status",
+                "created_at",
+                "expires_at",
+                "request_count",
+                "max_requests",
+                "cache_hit_count",
+                "last_used_at",
+                "revoked_at",
+            ]
+        )
+        for token in queryset.select_related("project").order_by("-created_at"):
+            row = [
+                token.pk,
+                token.prefix,
+                token.project.name,
+                token.label,
+                status_label(token)[1],
+                token.created_at,
+                token.expires_at,
+                token.request_count,
+                token.max_requests,
+                token.cache_hit_count,
+                token.last_used_at,
+                token.revoked_at,
+            ]
+            writer.writerow([_csv_cell(value) for value in row])
+        return response
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[Token]) -> TemplateResponse | None:
+        if request.POST.get("post") == "yes":
+            count = tokens_revoke(tokens=queryset, actor=Actor.from_request(request))
+            self.message_user(request, f"Revoked {count} token{'' if count == 1 else 's'}.", messages.SUCCESS)
+            return None
+        tokens = list(queryset.select_related("project"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Revoke tokens: are you sure?",
+            "opts": self.opts,
+            "tokens": tokens,
+            "to_revoke": [t for t in tokens if t.revoked_at is None],
+            "already_revoked": [t for t in tokens if t.revoked_at is not None],
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "warning": NOT_REVOKED_HELP,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/tokens/token/revoke_selected_confirmation.html", context)
+
+    # --- views -----------------------------------------------------------------------------------------------
+
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/revoke/", wrap(self.revoke_view), name="tokens_token_revoke"),
+            path("<path:object_id>/limit/", wrap(self.limit_view), name="tokens_token_limit"),
+            *super().get_urls(),
+        ]
+
+    def _context(self, request: HttpRequest, title: str, **extra) -> dict:
+        request.current_app = self.admin_site.name
+        return {**self.admin_site.each_context(request), "title": title, "opts": self.opts, **extra}
+
+    def _get_token(self, request: HttpRequest, object_id: str, *, change: bool) -> Token:
+        token = self.get_object(request, unquote(object_id))
+        if token is None:
+            raise Http404("No token with this ID.")
+        allowed = self.has_change_permission(request, token) if change else self.has_view_permission(request, token)
+        if not allowed:
+            raise PermissionDenied
+        return token
+
+    def _detail_url(self, token: Token) -> str:
+        return reverse("admin:tokens_token_change", args=[token.pk])
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        """Generate a token. Success answers directly with the show-once page: no redirect, session or message."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            form = TokenGenerateForm(request.POST)
+            if form.is_valid():
+                try:
+                    issued = token_generate(
+                        project=form.cleaned_data["project"],
+                        duration=timedelta(hours=form.cleaned_data["duration_hours"]),
+                        max_requests=form.cleaned_data["max_requests"],
+                        label=form.cleaned_data["label"],
+                        actor=Actor.from_request(request),
+                    )
+                except ValidationError as error:
+                    form.add_service_error(error)
+                else:
+                    context = self._context(
+                        request,
+                        "Token generated",
+                        token=issued.token,
+                        plaintext=issued.plaintext,
+                        proxy_base_url=request.build_absolute_uri("/v1"),
+                    )
+                    response = TemplateResponse(request, "admin/tokens/token/show_once.html", context)
+                    add_never_cache_headers(response)  # Cache-Control: no-store, …: the secret is in this page
+                    return response
+        else:
+            form = TokenGenerateForm(initial={"project": request.GET.get("project")})
+        return TemplateResponse(
+            request, "admin/tokens/token/generate.html", self._context(request, "Generate token", form=form)
+        )
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        """The token's details: read-only (only the limit can change, and a token can be revoked)."""
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        token = self._get_token(request, object_id, change=False)
+        context = self._context(
+            request,
+            f"Token {token.prefix}…",
+            token=token,
+            original=token,
+            status_badge=status_badge(token),
+            has_change_permission=self.has_change_permission(request, token),
+        )
+        return TemplateResponse(request, "admin/tokens/token/detail.html", context)
+
+    def revoke_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        token = self._get_token(request, object_id, change=True)
+        if request.method == "POST":
+            if token_revoke(token=token, actor=Actor.from_request(request)):
+                self.message_user(request, f"Token {token} revoked. It stops working immediately.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"Token {token} was already revoked; nothing changed.", messages.WARNING)
+            return HttpResponseRedirect(self._detail_url(token))
+        if token.revoked_at is not None:
+            self.message_user(request, f"Token {token} is already revoked.", messages.WARNING)
+            return HttpResponseRedirect(self._detail_url(token))
+        context = self._context(request, "Revoke token: are you sure?", token=token, warning=NOT_REVOKED_HELP)
+        return TemplateResponse(request, "admin/tokens/token/revoke_confirmation.html", context)
+
+    def limit_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        token = self._get_token(request, object_id, change=True)
+        if request.method == "POST":
+            form = TokenLimitForm(request.POST)
+            if form.is_valid():
+                try:
+                    token = token_set_max_requests(
+                        token=token, max_requests=form.cleaned_data["max_requests"], actor=Actor.from_request(request)
+                    )
+                except ValidationError as error:
+                    form.add_service_error(error)
+                else:
+                    limit = "removed (unlimited)" if token.max_requests is None else f"set to {token.max_requests}"
+                    self.message_user(request, f"Request limit of {token} {limit}.", messages.SUCCESS)
+                    return HttpResponseRedirect(self._detail_url(token))
+        else:
+            form = TokenLimitForm(initial={"max_requests": token.max_requests})
+        context = self._context(request, f"Change request limit of {token.prefix}…", token=token, form=form)
+        return TemplateResponse(request, "admin/tokens/token/limit.html", context)

@@ -1,0 +1,86 @@
+"""Operator input for tokens: parsed here, decided by `tokens.services` (which may still refuse it)."""
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from projects.models import Project
+from projects.selectors import active_projects
+
+DURATION_PRESETS: list[tuple[int, str]] = [
+    (1, "1 hour"),
+    (4, "4 hours"),
+    (8, "8 hours"),
+    (24, "24 hours"),
+    (168, "7 days"),
+    (720, "30 days"),
+]
+DEFAULT_DURATION_HOURS = 24
+
+
+def _max_requests_field() -> forms.IntegerField:
+    limit = settings.TOKEN_MAX_REQUESTS
+    message = f"Request limit must be a whole number from 0 to {limit} (blank or 0 = unlimited)."
+    return forms.IntegerField(
+        label="Max requests",
+        required=False,
+        min_value=0,
+        max_value=limit,
+        help_text="Blank or 0 = unlimited. Requests answered from cache do not count.",
+        error_messages={"invalid": message, "min_value": message, "max_value": message},
+        widget=forms.NumberInput(attrs={"placeholder": "unlimited", "step": 1}),
+    )
+
+
+class ServiceErrorsForm(forms.Form):
+    """A form that can show a service's ValidationError on the fields it names."""
+
+    service_field_names: dict[str, str] = {}
+
+    def add_service_error(self, error: ValidationError) -> None:
+        if not hasattr(error, "error_dict"):
+            self.add_error(None, error)
+            return
+        for field, errors in error.error_dict.items():
+            name = self.service_field_names.get(field, field)
+            self.add_error(name if name in self.fields else None, errors)
+
+
+class TokenGenerateForm(ServiceErrorsForm):
+    service_field_names = {"duration": "duration_hours"}
+
+    project = forms.ModelChoiceField(queryset=Project.objects.all())
+    label = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Who or what holds this token, e.g. “CI pipeline” or “Alice’s laptop”.",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only active projects are offered, but any project is accepted: one deactivated after this page was
+        # loaded then gets the service's own error ("Cannot generate tokens for inactive project").
+        self.fields["project"].choices = [("", "Choose a project…"), *((str(p.pk), p.name) for p in active_projects())]
+
+        max_hours = settings.TOKEN_MAX_DURATION_HOURS
+        message = f"Duration must be a whole number of hours from 1 to {max_hours}."
+        self.fields["duration_hours"] = forms.IntegerField(
+            label="Duration (hours)",
+            initial=DEFAULT_DURATION_HOURS,
+            min_value=1,
+            max_value=max_hours,
+            help_text=f"Pick a preset or type any whole number of hours up to {max_hours}.",
+            error_messages={"invalid": message, "min_value": message, "max_value": message},
+            widget=forms.NumberInput(attrs={"list": "duration-presets", "step": 1}),
+        )
+        self.fields["max_requests"] = _max_requests_field()
+
+    @property
+    def duration_presets(self) -> list[tuple[int, str]]:
+        return [(hours, label) for hours, label in DURATION_PRESETS if hours <= settings.TOKEN_MAX_DURATION_HOURS]
+
+
+class TokenLimitForm(ServiceErrorsForm):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["max_requests"] = _max_requests_field()
