@@ -10,5 +10,6 @@ class ProjectsConfig(AppConfig):
 
         from .models import Project
 
-        # The ciphertext is never logged: a key rotation shows up as a change of `api_key_updated_at`.
-        auditlog.register(Project, exclude_fields=["api_key_ciphertext", "updated_at"])
+        # Only what an operator changes. The ciphertext is never logged: a key rotation shows up as a change of
+        # `api_key_updated_at`. Listing the fields also keeps reverse relations (tokens, …) out of the diffs.
+        auditlog.register(Project, include_fields=["name", "is_active", "deactivated_at", "api_key_updated_at"])
