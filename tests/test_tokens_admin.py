@@ -235,6 +235,7 @@ def test_list_shows_every_column_and_coloured_status(admin_client, token_zoo):
     assert html.count("/revoke/") == 4  # every token but the revoked one
     assert reverse("admin:tokens_token_revoke", args=[token_zoo["revoked"].pk]) not in html
     assert "Generate token" in html and "Add token" not in html
+    assert "<h1>Tokens</h1>" in html
 
 
 @pytest.mark.parametrize(

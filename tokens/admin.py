@@ -111,6 +111,9 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Token]:
         return tokens_for_list()
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Tokens", **(extra_context or {})})
+
     def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
         if self.has_change_permission(request):
             return self.list_display
