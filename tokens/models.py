@@ -127,3 +127,51 @@ class Token(models.Model):
     @property
     def revoked_by_display(self) -> str:
         return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label
+
+
+class MintingKey(models.Model):
+    """A project-scoped credential for programs that mint their own tokens (management API, that project only).
+
+    Like a token, the secret is shown once and stored only as a digest.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="minting_keys")
+    name = models.CharField(max_length=100, help_text="Which program holds this key, e.g. “web backend”.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=20, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_label = models.CharField(max_length=200, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_by_label = models.CharField(max_length=200, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "minting key"
+        indexes = [models.Index(fields=["project", "-created_at"], name="mintingkey_project_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def status_label(self) -> str:
+        return "Revoked" if self.is_revoked else "Active"
+
+    @property
+    def created_by_display(self) -> str:
+        return self.created_by.get_username() if self.created_by else self.created_by_label
+
+    @property
+    def revoked_by_display(self) -> str:
+        return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label

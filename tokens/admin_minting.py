@@ -1,0 +1,146 @@
+"""The minting-key admin: list with last use, create (the key is shown once), revoke with confirmation; no delete."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from llmproxy.audit import Actor
+from projects.models import Project
+
+from .minting import minting_key_create, minting_key_revoke
+from .models import MintingKey
+
+
+class MintingKeyCreateForm(forms.Form):
+    project = forms.ModelChoiceField(queryset=Project.objects.order_by("name"))
+    name = forms.CharField(max_length=100, help_text="Which program will hold this key, e.g. “web backend”.")
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+@admin.register(MintingKey)
+class MintingKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "project", "key_prefix", "created_at", "created_by_display", "last_used_at", "status"]
+    list_filter = ["project", StatusFilter]
+    list_select_related = ["project", "created_by"]
+    search_fields = ["name", "prefix", "project__name"]
+    fields = [
+        "name",
+        "project",
+        "key_prefix",
+        "created_at",
+        "created_by_display",
+        "last_used_at",
+        "status",
+        "revoked_at",
+        "revoked_by_display",
+        "revoke_link",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="key")
+    def key_prefix(self, obj: MintingKey) -> str:
+        return f"{obj.prefix}…"
+
+    @admin.display(description="created by")
+    def created_by_display(self, obj: MintingKey) -> str:
+        return obj.created_by_display
+
+    @admin.display(description="revoked by")
+    def revoked_by_display(self, obj: MintingKey) -> str:
+        return obj.revoked_by_display
+
+    @admin.display(description="status", ordering="revoked_at")
+    def status(self, obj: MintingKey) -> str:
+        return obj.status_label
+
+    @admin.display(description="revoke")
+    def revoke_link(self, obj: MintingKey) -> str:
+        if obj.is_revoked:
+            return "Already revoked."
+        url = reverse("admin:tokens_mintingkey_revoke", args=[obj.pk])
+        return format_html('<a class="deletelink" href="{}">Revoke this key…</a>', url)
+
+    def has_change_permission(self, request: HttpRequest, obj: MintingKey | None = None) -> bool:
+        return False  # nothing to edit: a key is created, used and revoked
+
+    def has_delete_permission(self, request: HttpRequest, obj: MintingKey | None = None) -> bool:
+        return False  # kept for the audit trail; revoke instead
+
+    def get_urls(self):
+        revoke = self.admin_site.admin_view(self.revoke_view)
+        return [path("<uuid:object_id>/revoke/", revoke, name="tokens_mintingkey_revoke"), *super().get_urls()]
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            form = MintingKeyCreateForm(request.POST)
+            if form.is_valid():
+                try:
+                    issued = minting_key_create(
+                        project=form.cleaned_data["project"],
+                        name=form.cleaned_data["name"],
+                        actor=Actor.from_request(request),
+                    )
+                except ValidationError as e:
+                    for field, errors in e.message_dict.items():
+                        form.add_error(field if field in form.fields else None, errors)
+                else:
+                    response = TemplateResponse(
+                        request,
+                        "admin/tokens/mintingkey/created.html",
+                        {**self._context(request, "Minting key created"), "issued": issued},
+                    )
+                    response["Cache-Control"] = "no-store"
+                    return response
+        else:
+            form = MintingKeyCreateForm(initial={"project": self._project_from_query(request)})
+        return TemplateResponse(
+            request, "admin/tokens/mintingkey/add.html", {**self._context(request, "Add minting key"), "form": form}
+        )
+
+    def revoke_view(self, request: HttpRequest, object_id) -> HttpResponse:
+        if not self.has_view_permission(request) or not request.user.has_perm("tokens.add_mintingkey"):
+            raise PermissionDenied
+        key = get_object_or_404(MintingKey.objects.select_related("project"), pk=object_id)
+        if request.method == "POST":
+            if minting_key_revoke(key=key, actor=Actor.from_request(request)):
+                self.message_user(request, f"Minting key “{key}” revoked.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"Minting key “{key}” was already revoked.", messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:tokens_mintingkey_change", args=[key.pk]))
+        return TemplateResponse(
+            request,
+            "admin/tokens/mintingkey/revoke_confirm.html",
+            {**self._context(request, "Revoke minting key"), "key": key},
+        )
+
+    def _context(self, request: HttpRequest, title: str) -> dict:
+        return {**self.admin_site.each_context(request), "opts": self.opts, "title": title}
+
+    @staticmethod
+    def _project_from_query(request: HttpRequest) -> Project | None:
+        project_id = request.GET.get("project", "")
+        try:
+            return Project.objects.filter(pk=project_id).first()
+        except ValidationError:
+            return None

@@ -1,0 +1,98 @@
+"""Minting keys: project-scoped credentials with which a program creates, lists, reads and revokes its own tokens.
+
+The key is `mk-` + 40 base62 characters (238 bits from `secrets`), shown once and stored as a SHA-256 digest (as
+tokens are, see `tokens.secret`). The `mk-` prefix keeps it apart from `sk-wt-` tokens and the management token.
+"""
+
+import re
+import secrets as _secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from llmproxy.audit import Actor, audited
+from projects.models import Project
+
+from . import secret
+from .models import MintingKey
+
+PREFIX = "mk-"
+BODY_LENGTH = 40
+DISPLAY_PREFIX_LENGTH = len(PREFIX) + 6
+KEY_RE = re.compile(rf"{re.escape(PREFIX)}[A-Za-z0-9]{{{BODY_LENGTH}}}")
+
+# Recording every use would write on every API call; once a minute is enough to answer "is it still used?".
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class IssuedMintingKey:
+    """A freshly created minting key: the only moment its plaintext exists."""
+
+    key: MintingKey
+    plaintext: str
+
+
+def looks_like_minting_key(value: str) -> bool:
+    return value.startswith(PREFIX)
+
+
+def _generate() -> str:
+    return PREFIX + "".join(_secrets.choice(secret.ALPHABET) for _ in range(BODY_LENGTH))
+
+
+def _actor_fields(actor: Actor, role: str) -> dict:
+    return {f"{role}_by": actor.user, f"{role}_by_label": "" if actor.user else str(actor)[:200]}
+
+
+def minting_key_create(*, project: Project, name: str, actor: Actor) -> IssuedMintingKey:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "Name is required."})
+    if len(name) > 100:
+        raise ValidationError({"name": "Name must be at most 100 characters."})
+    plaintext = _generate()
+    with transaction.atomic(), audited(actor):
+        key = MintingKey.objects.create(
+            project=project,
+            name=name,
+            digest=secret.digest(plaintext),
+            prefix=plaintext[:DISPLAY_PREFIX_LENGTH],
+            **_actor_fields(actor, "created"),
+        )
+    return IssuedMintingKey(key=key, plaintext=plaintext)
+
+
+def minting_key_revoke(*, key: MintingKey, actor: Actor) -> bool:
+    """Revoke a key for good. Returns False if it was already revoked (nothing changes then)."""
+    with transaction.atomic(), audited(actor):
+        key = MintingKey.objects.select_for_update().get(pk=key.pk)
+        if key.revoked_at is not None:
+            return False
+        key.revoked_at = timezone.now()
+        for field, value in _actor_fields(actor, "revoked").items():
+            setattr(key, field, value)
+        key.save(update_fields=["revoked_at", "revoked_by", "revoked_by_label"])
+    return True
+
+
+def minting_key_authenticate(plaintext: str) -> MintingKey | None:
+    """The unrevoked key this plaintext belongs to, or None. Records the use (at most once a minute)."""
+    if not KEY_RE.fullmatch(plaintext):
+        return None
+    key = (
+        MintingKey.objects.select_related("project")
+        .filter(digest=secret.digest(plaintext), revoked_at__isnull=True)
+        .first()
+    )
+    if key is None:
+        return None
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        # A plain UPDATE: usage, not an operator action, so no audit entry (and no signal).
+        MintingKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
