@@ -1,1 +1,15 @@
-urlpatterns: list = []
+from django.urls import path, re_path
+
+from . import views
+
+urlpatterns = [
+    path("projects", views.ProjectsView.as_view()),
+    path("projects/<str:project_id>", views.ProjectDetailView.as_view()),
+    path("projects/<str:project_id>/tokens/revoke", views.ProjectTokensRevokeView.as_view()),
+    path("tokens", views.TokensView.as_view()),
+    path("tokens/<str:token_id>", views.TokenDetailView.as_view()),
+    path("audit", views.AuditView.as_view()),
+    path("audit/<str:event_id>", views.AuditDetailView.as_view()),
+    path("openapi.json", views.OpenApiView.as_view()),
+    re_path(r"^.*$", views.NotFoundView.as_view()),
+]

@@ -1,0 +1,138 @@
+"""What each endpoint accepts, declared once: views parse with these, and openapi.py documents them."""
+
+from django.conf import settings
+
+from projects.keys import _API_KEY_RE, INVALID_API_KEY
+from tokens.models import TokenStatus
+
+from .errors import invalid
+from .selectors import AUDIT_ACTIONS, AUDIT_OBJECT_TYPES
+from .validation import Body, Boolean, Choice, DateTime, Integer, Query, String, Uuid
+
+MAX_PAGE = 1_000_000
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+def _max_hours() -> int:
+    return settings.TOKEN_MAX_DURATION_HOURS
+
+
+def _max_minutes() -> int:
+    return settings.TOKEN_MAX_DURATION_HOURS * 60
+
+
+def _max_requests() -> int:
+    return settings.TOKEN_MAX_REQUESTS
+
+
+PAGING = {
+    "page": Integer(description="Page number, from 1.", minimum=1, maximum=MAX_PAGE),
+    "page_size": Integer(
+        description=f"Items per page (default {DEFAULT_PAGE_SIZE}).", minimum=1, maximum=MAX_PAGE_SIZE
+    ),
+}
+
+PROJECT_NAME = String(
+    description="Unique (case-insensitively); surrounding spaces are trimmed.", max_length=200, not_blank=True
+)
+API_KEY = String(
+    description="The upstream OpenAI API key. Stored encrypted; never returned, only a masked copy.",
+    max_length=503,
+    pattern=_API_KEY_RE.pattern,
+    pattern_message=INVALID_API_KEY,
+)
+
+PROJECT_LIST = Query(PAGING)
+
+PROJECT_CREATE = Body({"name": PROJECT_NAME, "api_key": API_KEY}, required=("name", "api_key"))
+
+
+def _check_revoke_tokens(data: dict) -> None:
+    if data.get("revoke_tokens") and data.get("is_active") is not False:
+        raise invalid("revoke_tokens", "revoke_tokens requires is_active=false", "requires_is_active_false")
+
+
+PROJECT_UPDATE = Body(
+    {
+        "name": PROJECT_NAME,
+        "api_key": String(
+            description="A new upstream key; an empty string keeps the current one.",
+            max_length=503,
+            pattern=f"(?:{_API_KEY_RE.pattern})?",
+            pattern_message=INVALID_API_KEY,
+        ),
+        "is_active": Boolean(description="false deactivates: the project's tokens stop working at the proxy."),
+        "revoke_tokens": Boolean(
+            description="With is_active=false: also revoke every token of the project (even if it was already "
+            "inactive)."
+        ),
+    },
+    min_properties=1,
+    rule_schema={
+        "if": {"properties": {"revoke_tokens": {"const": True}}, "required": ["revoke_tokens"]},
+        "then": {"properties": {"is_active": {"const": False}}, "required": ["is_active"]},
+    },
+    check=_check_revoke_tokens,
+)
+
+TOKEN_LIST = Query(
+    {
+        "project_id": Uuid(description="Only tokens of this project."),
+        "projectId": Uuid(description="The original tool's spelling of project_id."),
+        "status": Choice(description="Only tokens with this status.", choices=tuple(TokenStatus.values)),
+        **PAGING,
+    }
+)
+
+
+def _check_one_duration(data: dict) -> None:
+    given = [name for name in ("duration_hours", "duration_minutes") if name in data]
+    if len(given) != 1:
+        code = "required" if not given else "exactly_one"
+        raise invalid("duration_hours", "give exactly one of duration_hours and duration_minutes", code)
+
+
+TOKEN_CREATE = Body(
+    {
+        "project_id": Uuid(),
+        "duration_hours": Integer(description="Lifetime in hours.", minimum=1, maximum=_max_hours),
+        "duration_minutes": Integer(description="Lifetime in minutes.", minimum=1, maximum=_max_minutes),
+        "max_requests": Integer(
+            description="Upstream requests allowed over the token's life; 0 or null means unlimited.",
+            minimum=0,
+            maximum=_max_requests,
+            nullable=True,
+        ),
+        "label": String(description="Who or what holds the token.", max_length=200),
+    },
+    required=("project_id",),
+    rule_schema={"oneOf": [{"required": ["duration_hours"]}, {"required": ["duration_minutes"]}]},
+    check=_check_one_duration,
+)
+
+TOKEN_UPDATE = Body(
+    {
+        "max_requests": Integer(
+            description="New request limit; 0 or null removes it.", minimum=0, maximum=_max_requests, nullable=True
+        ),
+        "is_active": Boolean(description="false revokes; true reactivates a revoked token that has not expired."),
+    },
+    min_properties=1,
+)
+
+AUDIT_LIST = Query(
+    {
+        "action": Choice(description="Kind of change.", choices=tuple(AUDIT_ACTIONS)),
+        "actor": String(description="Part of the actor's name or label.", max_length=200),
+        "object_type": Choice(description="What was changed.", choices=tuple(AUDIT_OBJECT_TYPES)),
+        "object_id": String(description="ID of the changed object.", max_length=100),
+        "project_id": Uuid(description="Changes to this project, its tokens and its minting keys."),
+        "token_id": Uuid(description="Changes to this token."),
+        "start_time": DateTime(description="Not before this time (ISO 8601)."),
+        "end_time": DateTime(description="Not after this time (ISO 8601)."),
+        "from": DateTime(description="Same as start_time."),
+        "to": DateTime(description="Same as end_time."),
+        **PAGING,
+    }
+)

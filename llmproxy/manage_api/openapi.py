@@ -1,0 +1,311 @@
+"""The OpenAPI 3.1 document for /manage/, built from the same declarations the views parse with (see inputs.py)."""
+
+from typing import Any
+
+from tokens.models import TokenStatus
+
+from . import inputs
+from .auth import DISABLED, MINTING_KEY_SCOPE
+
+_DATETIME = {"type": "string", "format": "date-time"}
+_NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
+_UUID = {"type": "string", "format": "uuid"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+    }
+
+
+def _list(item: str, key: str) -> dict[str, Any]:
+    return _object({key: {"type": "array", "items": _ref(item)}, "pagination": _ref("Pagination")})
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        **_object(
+            {
+                "error": {"type": "string", "description": "A message for people."},
+                "code": {"type": "string", "description": "A stable code for programs."},
+                "field": {"type": "string", "description": "The request field at fault, for validation errors."},
+            },
+            optional=("field",),
+        ),
+        "example": {"error": "max_requests must be an integer", "code": "invalid_type", "field": "max_requests"},
+    },
+    "Pagination": _object(
+        {
+            "page": {"type": "integer", "minimum": 1},
+            "page_size": {"type": "integer", "minimum": 1},
+            "total_count": {"type": "integer", "minimum": 0},
+            "total_pages": {"type": "integer", "minimum": 0},
+            "has_next": {"type": "boolean"},
+            "has_prev": {"type": "boolean"},
+        }
+    ),
+    "Project": _object(
+        {
+            "id": _UUID,
+            "name": {"type": "string"},
+            "api_key": {"type": "string", "description": "Masked, e.g. `sk-proj-Ab…wxyz`; never the key itself."},
+            "is_active": {"type": "boolean"},
+            "deactivated_at": _NULLABLE_DATETIME,
+            "created_at": _DATETIME,
+            "updated_at": _DATETIME,
+            "api_key_updated_at": _DATETIME,
+            "tokens_revoked": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Only in the answer to a PATCH with revoke_tokens=true: how many tokens it revoked.",
+            },
+        },
+        optional=("tokens_revoked",),
+    ),
+    "ProjectList": _list("Project", "projects"),
+    "Token": _object(
+        {
+            "id": _UUID,
+            "token": {"type": "string", "description": "The display prefix and an ellipsis (`sk-wt-AbC123…`)."},
+            "project_id": _UUID,
+            "label": {"type": "string"},
+            "status": {"type": "string", "enum": list(TokenStatus.values)},
+            "is_active": {"type": "boolean", "description": "false once revoked (expiry does not change it)."},
+            "expires_at": _DATETIME,
+            "request_count": {"type": "integer", "minimum": 0},
+            "max_requests": {"type": ["integer", "null"], "minimum": 1, "description": "null: unlimited."},
+            "cache_hit_count": {"type": "integer", "minimum": 0},
+            "created_at": _DATETIME,
+            "last_used_at": _NULLABLE_DATETIME,
+            "revoked_at": _NULLABLE_DATETIME,
+        }
+    ),
+    "TokenList": _list("Token", "tokens"),
+    "TokenCreated": _object(
+        {
+            "id": _UUID,
+            "token": {
+                "type": "string",
+                "pattern": "^sk-wt-[A-Za-z0-9]{32}$",
+                "description": "The token itself, shown this once; only its digest is stored.",
+            },
+            "expires_at": _DATETIME,
+            "max_requests": {"type": ["integer", "null"], "minimum": 1},
+            "project_id": _UUID,
+            "label": {"type": "string"},
+        }
+    ),
+    "RevokeCounts": _object(
+        {
+            "revoked_count": {"type": "integer", "minimum": 0},
+            "already_revoked_count": {"type": "integer", "minimum": 0},
+            "total_tokens": {"type": "integer", "minimum": 0},
+        }
+    ),
+    "AuditEvent": _object(
+        {
+            "id": {"type": "integer"},
+            "timestamp": _DATETIME,
+            "action": {"type": "string", "enum": ["create", "update", "delete", "access"]},
+            "object_type": {"type": "string", "description": "project, token, minting_key (or another model)."},
+            "object_id": {"type": "string"},
+            "object_repr": {"type": "string"},
+            "project_id": {"type": ["string", "null"], "description": "The project the change concerns."},
+            "actor": {
+                "type": ["string", "null"],
+                "description": "A username, or a label: `management token`, `minting key ci (mk-AbC123…)`, "
+                "`command line (alice)`.",
+            },
+            "via": {"type": ["string", "null"], "description": "admin, api, cli or system."},
+            "client_ip": {"type": ["string", "null"]},
+            "changes": {
+                "type": ["object", "null"],
+                "description": "Field name → [old, new]. Upstream keys are never recorded.",
+            },
+        }
+    ),
+    "AuditEventList": _list("AuditEvent", "events"),
+}
+
+_ERRORS = {
+    "400": "Invalid input: the error names the field and the rule.",
+    "401": "Missing or wrong credential.",
+    "403": f"Not allowed for this caller. For minting keys: {MINTING_KEY_SCOPE}.",
+    "404": "No such object (also for a malformed ID, and for another project's token seen with a minting key).",
+    "409": "Conflict with the current state.",
+    "413": "Request body too large.",
+    "503": DISABLED + ".",
+}
+
+
+def _operation(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    errors: tuple[str, ...],
+    parameters: list | None = None,
+    body: str | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": dict(responses)}
+    if description:
+        operation["description"] = description
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    for status in ("401", "503", *errors):
+        operation["responses"][status] = {"$ref": f"#/components/responses/E{status}"}
+    return operation
+
+
+def _path_id(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema or _UUID}
+
+
+def build_document() -> dict[str, Any]:
+    project_id = _path_id("project_id", "Project ID.")
+    token_id = _path_id("token_id", "Token ID.")
+    event_id = _path_id("event_id", "Audit event ID.", {"type": "integer", "minimum": 1})
+    body_errors = ("400", "413")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "LLM Proxy management API",
+            "version": "1",
+            "description": "Projects, tokens and the audit trail, for scripts and for programs that mint their own "
+            "tokens. Authenticate with `Authorization: Bearer <MANAGEMENT_TOKEN>` for everything, or with a "
+            "project's minting key (`mk-…`) to create, list, read and revoke that project's tokens only.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/manage/projects": {
+                "get": _operation(
+                    "List projects (by name)",
+                    {"200": _json(_ref("ProjectList"), "A page of projects.")},
+                    errors=("400", "403"),
+                    parameters=inputs.PROJECT_LIST.parameters(),
+                ),
+                "post": _operation(
+                    "Create a project",
+                    {"201": _json(_ref("Project"), "Created.")},
+                    errors=(*body_errors, "403", "409"),
+                    body="ProjectCreate",
+                ),
+            },
+            "/manage/projects/{project_id}": {
+                "parameters": [project_id],
+                "get": _operation(
+                    "Read a project", {"200": _json(_ref("Project"), "The project.")}, errors=("403", "404")
+                ),
+                "patch": _operation(
+                    "Rename, change the upstream key, activate or deactivate a project",
+                    {"200": _json(_ref("Project"), "The updated project.")},
+                    errors=(*body_errors, "403", "404", "409"),
+                    body="ProjectUpdate",
+                    description="Projects cannot be deleted (DELETE answers 405): deactivate them instead. With "
+                    "`revoke_tokens: true` (only together with `is_active: false`) every token of the project is "
+                    "revoked, also when the project was already inactive. All changes apply together or not at all.",
+                ),
+            },
+            "/manage/projects/{project_id}/tokens/revoke": {
+                "parameters": [project_id],
+                "post": _operation(
+                    "Revoke every token of a project",
+                    {"200": _json(_ref("RevokeCounts"), "What was revoked.")},
+                    errors=("403", "404"),
+                    description="Allowed to a minting key for its own project.",
+                ),
+            },
+            "/manage/tokens": {
+                "get": _operation(
+                    "List tokens (newest first)",
+                    {"200": _json(_ref("TokenList"), "A page of tokens.")},
+                    errors=("400", "403"),
+                    parameters=inputs.TOKEN_LIST.parameters(),
+                    description="With a minting key, only its project's tokens (a filter naming another project "
+                    "is refused with 403).",
+                ),
+                "post": _operation(
+                    "Generate a token",
+                    {"201": _json(_ref("TokenCreated"), "The token, shown this once.")},
+                    errors=(*body_errors, "403", "404"),
+                    body="TokenCreate",
+                    description="403 `project_inactive` for an inactive project; 403 `forbidden` for a minting key "
+                    "naming another project.",
+                ),
+            },
+            "/manage/tokens/{token_id}": {
+                "parameters": [token_id],
+                "get": _operation("Read a token", {"200": _json(_ref("Token"), "The token.")}, errors=("404",)),
+                "patch": _operation(
+                    "Change a token's request limit, revoke or reactivate it",
+                    {"200": _json(_ref("Token"), "The updated token.")},
+                    errors=(*body_errors, "403", "404", "409"),
+                    body="TokenUpdate",
+                    description="409 `token_expired` when reactivating a token that has expired. Not for minting keys.",
+                ),
+                "delete": _operation(
+                    "Revoke a token (idempotent)",
+                    {"204": {"description": "Revoked (or already revoked)."}},
+                    errors=("404",),
+                ),
+            },
+            "/manage/audit": {
+                "get": _operation(
+                    "List audit events (newest first)",
+                    {"200": _json(_ref("AuditEventList"), "A page of audit events.")},
+                    errors=("400", "403"),
+                    parameters=inputs.AUDIT_LIST.parameters(),
+                ),
+            },
+            "/manage/audit/{event_id}": {
+                "parameters": [event_id],
+                "get": _operation(
+                    "Read an audit event", {"200": _json(_ref("AuditEvent"), "The event.")}, errors=("403", "404")
+                ),
+            },
+            "/manage/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The MANAGEMENT_TOKEN setting, or a project's minting key (`mk-…`).",
+                }
+            },
+            "schemas": {
+                **_SCHEMAS,
+                "ProjectCreate": inputs.PROJECT_CREATE.schema(),
+                "ProjectUpdate": inputs.PROJECT_UPDATE.schema(),
+                "TokenCreate": inputs.TOKEN_CREATE.schema(),
+                "TokenUpdate": inputs.TOKEN_UPDATE.schema(),
+            },
+            "responses": {
+                f"E{status}": {
+                    **_json(_ref("Error"), description),
+                    **({"headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}} if status == "401" else {}),
+                }
+                for status, description in _ERRORS.items()
+            },
+        },
+    }

@@ -1,0 +1,79 @@
+"""The JSON shapes of the API's resources (field names follow the original tool's, so its clients keep working)."""
+
+from typing import Any
+
+from auditlog.models import LogEntry
+from django.utils import timezone
+
+from projects.models import Project
+from tokens.models import MintingKey, Token
+from tokens.services import IssuedToken
+
+_OBJECT_TYPES = {Project: "project", Token: "token", MintingKey: "minting_key"}
+_ACTIONS = {
+    LogEntry.Action.CREATE: "create",
+    LogEntry.Action.UPDATE: "update",
+    LogEntry.Action.DELETE: "delete",
+    LogEntry.Action.ACCESS: "access",
+}
+
+
+def project_json(project: Project) -> dict[str, Any]:
+    return {
+        "id": str(project.id),
+        "name": project.name,
+        "api_key": project.api_key_masked,  # never the plaintext
+        "is_active": project.is_active,
+        "deactivated_at": project.deactivated_at,
+        "created_at": project.created_at,
+        "updated_at": project.updated_at,
+        "api_key_updated_at": project.api_key_updated_at,
+    }
+
+
+def token_json(token: Token) -> dict[str, Any]:
+    return {
+        "id": str(token.id),
+        "token": f"{token.prefix}…",  # the display prefix: recognisable, useless to an attacker
+        "project_id": str(token.project_id),
+        "label": token.label,
+        "status": token.status_at(timezone.now()).value,
+        "is_active": token.revoked_at is None,
+        "expires_at": token.expires_at,
+        "request_count": token.request_count,
+        "max_requests": token.max_requests,
+        "cache_hit_count": token.cache_hit_count,
+        "created_at": token.created_at,
+        "last_used_at": token.last_used_at,
+        "revoked_at": token.revoked_at,
+    }
+
+
+def issued_token_json(issued: IssuedToken) -> dict[str, Any]:
+    token = issued.token
+    return {
+        "id": str(token.id),
+        "token": issued.plaintext,
+        "expires_at": token.expires_at,
+        "max_requests": token.max_requests,
+        "project_id": str(token.project_id),
+        "label": token.label,
+    }
+
+
+def audit_event_json(entry: LogEntry, project_id: str | None) -> dict[str, Any]:
+    model = entry.content_type.model_class() if entry.content_type_id else None
+    extra = entry.additional_data if isinstance(entry.additional_data, dict) else {}
+    return {
+        "id": entry.pk,
+        "timestamp": entry.timestamp,
+        "action": _ACTIONS.get(entry.action, str(entry.action)),
+        "object_type": _OBJECT_TYPES.get(model, entry.content_type.model if entry.content_type_id else ""),
+        "object_id": entry.object_pk,
+        "object_repr": entry.object_repr,
+        "project_id": project_id,
+        "actor": entry.actor.get_username() if entry.actor else (entry.actor_email or None),
+        "via": extra.get("via"),
+        "client_ip": entry.remote_addr,
+        "changes": entry.changes if isinstance(entry.changes, dict) else None,
+    }

@@ -1,0 +1,292 @@
+"""The management API's views: authenticate, parse, call a service, present JSON. No rule lives here."""
+
+import re
+import uuid
+from datetime import timedelta
+
+from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from projects.services import DUPLICATE_NAME, project_create, project_set_active, project_update
+from tokens.services import (
+    INACTIVE_PROJECT,
+    project_tokens_revoke,
+    token_generate,
+    token_reactivate,
+    token_revoke,
+    token_set_max_requests,
+)
+
+from . import inputs, selectors
+from .auth import Caller, authenticate
+from .errors import ApiError, not_found
+from .openapi import build_document
+from .serializers import audit_event_json, issued_token_json, project_json, token_json
+from .validation import MAX_BODY_BYTES
+
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _uuid_or_404(value: str, what: str) -> uuid.UUID:
+    if not _UUID_RE.fullmatch(value):
+        raise not_found(what)
+    return uuid.UUID(value)
+
+
+def _body(request: HttpRequest) -> bytes:
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    too_large = ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
+    if declared > MAX_BODY_BYTES:
+        raise too_large
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise too_large from None
+
+
+def _service_error(error: ValidationError, *, duration_field: str | None = None) -> ApiError:
+    """A service's refusal as an API error: conflicts and forbidden states get their own status."""
+    if not hasattr(error, "error_dict"):
+        if getattr(error, "code", None) == "token_expired":
+            return ApiError(409, error.messages[0], "token_expired", field="is_active")
+        return ApiError(400, " ".join(error.messages), "invalid")
+    messages = error.message_dict
+    if DUPLICATE_NAME in messages.get("name", []):
+        return ApiError(409, DUPLICATE_NAME, "duplicate_name", field="name")
+    if INACTIVE_PROJECT in messages.get("project", []):
+        return ApiError(403, INACTIVE_PROJECT, "project_inactive", field="project_id")
+    field, field_messages = next(iter(messages.items()))
+    if field == "duration" and duration_field:
+        field = duration_field
+    return ApiError(400, " ".join(field_messages), "invalid", field=field)
+
+
+def _page(query: dict) -> dict:
+    return {"page": query.get("page", 1), "page_size": query.get("page_size", inputs.DEFAULT_PAGE_SIZE)}
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class ApiView(View):
+    """JSON in, JSON out: authentication first, then the method, then the handler; every error is JSON."""
+
+    methods: tuple[str, ...] = ()
+    public = False
+    not_allowed_messages: dict[str, str] = {}
+
+    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            caller = None if self.public else authenticate(request)
+            if request.method not in self.methods:
+                raise ApiError(
+                    405,
+                    self.not_allowed_messages.get(request.method, "method not allowed"),
+                    "method_not_allowed",
+                    headers={"Allow": ", ".join(self.methods)},
+                )
+            return getattr(self, request.method.lower())(request, caller, **kwargs)
+        except ApiError as e:
+            return e.response()
+
+
+class ProjectsView(ApiView):
+    methods = ("GET", "POST")
+
+    def get(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        caller.require_management_token()
+        page = selectors.paginate(selectors.projects_for_api(), **_page(inputs.PROJECT_LIST.parse(request.GET)))
+        return JsonResponse({"projects": [project_json(p) for p in page.items], "pagination": page.pagination()})
+
+    def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        caller.require_management_token()
+        data = inputs.PROJECT_CREATE.parse(_body(request))
+        try:
+            project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor)
+        except ValidationError as e:
+            raise _service_error(e) from None
+        return JsonResponse(project_json(project), status=201)
+
+
+class ProjectDetailView(ApiView):
+    methods = ("GET", "PATCH")
+    not_allowed_messages = {"DELETE": "project deletion is not permitted"}  # kept for the audit trail
+
+    def _project(self, caller: Caller, project_id: str):
+        caller.require_management_token()
+        project = selectors.project_get(_uuid_or_404(project_id, "project"))
+        if project is None:
+            raise not_found("project")
+        return project
+
+    def get(self, request: HttpRequest, caller: Caller, project_id: str) -> JsonResponse:
+        return JsonResponse(project_json(self._project(caller, project_id)))
+
+    def patch(self, request: HttpRequest, caller: Caller, project_id: str) -> JsonResponse:
+        project = self._project(caller, project_id)
+        data = inputs.PROJECT_UPDATE.parse(_body(request))
+        revoked = None
+        try:
+            with transaction.atomic():
+                if "name" in data or data.get("api_key"):
+                    project = project_update(
+                        project=project, name=data.get("name"), api_key=data.get("api_key"), actor=caller.actor
+                    )
+                if "is_active" in data:
+                    project = project_set_active(project=project, active=data["is_active"], actor=caller.actor)
+                if data.get("revoke_tokens"):
+                    revoked = project_tokens_revoke(project=project, actor=caller.actor)
+        except ValidationError as e:
+            raise _service_error(e) from None
+        body = project_json(project)
+        if revoked is not None:
+            body["tokens_revoked"] = revoked
+        return JsonResponse(body)
+
+
+class ProjectTokensRevokeView(ApiView):
+    methods = ("POST",)
+
+    def post(self, request: HttpRequest, caller: Caller, project_id: str) -> JsonResponse:
+        project_uuid = _uuid_or_404(project_id, "project")
+        caller.require_project(project_uuid)
+        project = selectors.project_get(project_uuid)
+        if project is None:
+            raise not_found("project")
+        with transaction.atomic():
+            revoked = project_tokens_revoke(project=project, actor=caller.actor)
+            total = selectors.project_token_total(project)
+        return JsonResponse({"revoked_count": revoked, "already_revoked_count": total - revoked, "total_tokens": total})
+
+
+class TokensView(ApiView):
+    methods = ("GET", "POST")
+
+    def get(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        query = inputs.TOKEN_LIST.parse(request.GET)
+        project_ids = [query[name] for name in ("project_id", "projectId") if name in query]
+        for project_id in project_ids:
+            caller.require_project(project_id)
+        if caller.project_id is not None:
+            project_ids.append(caller.project_id)
+        tokens = selectors.tokens_for_api(project_ids=project_ids, status=query.get("status"))
+        page = selectors.paginate(tokens, **_page(query))
+        return JsonResponse({"tokens": [token_json(t) for t in page.items], "pagination": page.pagination()})
+
+    def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        data = inputs.TOKEN_CREATE.parse(_body(request))
+        caller.require_project(data["project_id"])
+        project = selectors.project_get(data["project_id"])
+        if project is None:
+            raise not_found("project")
+        if "duration_hours" in data:
+            duration_field, duration = "duration_hours", timedelta(hours=data["duration_hours"])
+        else:
+            duration_field, duration = "duration_minutes", timedelta(minutes=data["duration_minutes"])
+        try:
+            issued = token_generate(
+                project=project,
+                duration=duration,
+                max_requests=data.get("max_requests"),
+                label=data.get("label", ""),
+                actor=caller.actor,
+            )
+        except ValidationError as e:
+            raise _service_error(e, duration_field=duration_field) from None
+        return JsonResponse(issued_token_json(issued), status=201)
+
+
+class TokenDetailView(ApiView):
+    methods = ("GET", "PATCH", "DELETE")
+
+    def _token(self, caller: Caller, token_id: str):
+        # A minting key sees another project's token exactly as a missing one: 404, so existence does not leak.
+        token = selectors.token_get(_uuid_or_404(token_id, "token"), project_id=caller.project_id)
+        if token is None:
+            raise not_found("token")
+        return token
+
+    def get(self, request: HttpRequest, caller: Caller, token_id: str) -> JsonResponse:
+        return JsonResponse(token_json(self._token(caller, token_id)))
+
+    def patch(self, request: HttpRequest, caller: Caller, token_id: str) -> JsonResponse:
+        caller.require_management_token()
+        token = self._token(caller, token_id)
+        data = inputs.TOKEN_UPDATE.parse(_body(request))
+        try:
+            with transaction.atomic():
+                if "max_requests" in data:
+                    token = token_set_max_requests(token=token, max_requests=data["max_requests"], actor=caller.actor)
+                if data.get("is_active") is True:
+                    token = token_reactivate(token=token, actor=caller.actor)
+                elif data.get("is_active") is False:
+                    token_revoke(token=token, actor=caller.actor)
+                    token.refresh_from_db()
+        except ValidationError as e:
+            raise _service_error(e) from None
+        return JsonResponse(token_json(token))
+
+    def delete(self, request: HttpRequest, caller: Caller, token_id: str) -> HttpResponse:
+        token_revoke(token=self._token(caller, token_id), actor=caller.actor)
+        return HttpResponse(status=204)
+
+
+class AuditView(ApiView):
+    methods = ("GET",)
+
+    def get(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        caller.require_management_token()
+        query = inputs.AUDIT_LIST.parse(request.GET)
+        entries = selectors.audit_events(
+            action=query.get("action"),
+            actor=query.get("actor"),
+            object_type=query.get("object_type"),
+            object_id=query.get("object_id"),
+            project_id=query.get("project_id"),
+            token_id=query.get("token_id"),
+            start=query.get("start_time", query.get("from")),
+            end=query.get("end_time", query.get("to")),
+        )
+        page = selectors.paginate(entries, **_page(query))
+        projects = selectors.audit_project_ids(page.items)
+        return JsonResponse(
+            {
+                "events": [audit_event_json(e, projects.get(e.pk)) for e in page.items],
+                "pagination": page.pagination(),
+            }
+        )
+
+
+class AuditDetailView(ApiView):
+    methods = ("GET",)
+
+    def get(self, request: HttpRequest, caller: Caller, event_id: str) -> JsonResponse:
+        caller.require_management_token()
+        entry = selectors.audit_event_get(int(event_id)) if re.fullmatch(r"[0-9]{1,18}", event_id) else None
+        if entry is None:
+            raise not_found("audit event")
+        return JsonResponse(audit_event_json(entry, selectors.audit_project_ids([entry]).get(entry.pk)))
+
+
+class OpenApiView(ApiView):
+    """The OpenAPI document: public, like any API reference; it holds no secrets."""
+
+    methods = ("GET",)
+    public = True
+
+    def get(self, request: HttpRequest, caller: None) -> JsonResponse:
+        return JsonResponse(build_document())
+
+
+class NotFoundView(ApiView):
+    """Any other path under /manage/: a JSON 404, not Django's HTML page."""
+
+    public = True
+
+    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        return ApiError(404, "not found", "not_found").response()
