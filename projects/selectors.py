@@ -1,5 +1,7 @@
 """Reads about projects."""
 
+import uuid
+
 from django.db.models import Count, Q, QuerySet
 
 from .models import Project
@@ -16,3 +18,12 @@ def active_projects() -> QuerySet[Project]:
 
 def project_counts() -> dict[str, int]:
     return Project.objects.aggregate(total=Count("id"), active=Count("id", filter=Q(is_active=True)))
+
+
+def project_by_reference(reference: str) -> Project | None:
+    """A project by its ID or its name (case-insensitive): what a person types on the command line."""
+    reference = reference.strip()
+    try:
+        return Project.objects.filter(pk=uuid.UUID(reference)).first()
+    except ValueError:
+        return Project.objects.filter(name__iexact=reference).first()

@@ -1,11 +1,16 @@
 """Every change to a project: validated, written and audited in one transaction."""
 
+from dataclasses import dataclass
+
+from auditlog.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from llmproxy.audit import Actor, audited
 
+from . import crypto
 from .models import Project
 
 DUPLICATE_NAME = "A project with this name already exists."
@@ -85,3 +90,51 @@ def project_activate(*, project: Project, actor: Actor) -> Project:
 
 def project_deactivate(*, project: Project, actor: Actor) -> Project:
     return project_set_active(project=project, active=False, actor=actor)
+
+
+@dataclass(frozen=True)
+class KeyRotationReport:
+    reencrypted: int
+    already_current: int
+    failed: list[Project]  # stored keys no entry of ENCRYPTION_KEYS can decrypt
+
+
+def project_keys_reencrypt(*, actor: Actor) -> KeyRotationReport:
+    """Re-encrypt every stored upstream key under the newest ENCRYPTION_KEYS entry, so older entries can be dropped.
+
+    Idempotent: keys already under the newest entry are left alone (and not logged). Each re-encrypted project gets
+    one audit entry; the ciphertext itself is never logged, and the key and `updated_at` do not change.
+    """
+    reencrypted, current, failed = 0, 0, []
+    content_type = ContentType.objects.get_for_model(Project)
+    for project in Project.objects.order_by("name").iterator():
+        if crypto.is_current(project.api_key_ciphertext):
+            current += 1
+            continue
+        try:
+            ciphertext = crypto.reencrypt(project.api_key_ciphertext)
+        except crypto.KeyDecryptionError:
+            failed.append(project)
+            continue
+        with transaction.atomic():
+            # Only if nobody changed the key meanwhile (then it is already under the newest entry anyway).
+            changed = Project.objects.filter(pk=project.pk, api_key_ciphertext=project.api_key_ciphertext).update(
+                api_key_ciphertext=ciphertext
+            )
+            if changed:
+                LogEntry.objects.create(
+                    content_type=content_type,
+                    object_pk=str(project.pk),
+                    object_repr=str(project),
+                    action=LogEntry.Action.UPDATE,
+                    changes={"api_key_encryption": ["an older ENCRYPTION_KEYS entry", "the newest entry"]},
+                    actor=actor.user,
+                    actor_email=getattr(actor.user, "email", None) if actor.user else str(actor)[:254],
+                    remote_addr=actor.remote_addr,
+                    additional_data={"via": actor.via, **actor.extra},
+                )
+        if changed:
+            reencrypted += 1
+        else:
+            current += 1
+    return KeyRotationReport(reencrypted=reencrypted, already_current=current, failed=failed)
