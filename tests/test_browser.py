@@ -45,12 +45,10 @@ def operator_login(live_db, django_user_model):
 
 
 def test_operator_creates_project_generates_and_revokes_a_token(
-    operator_login, proxy_server, upstream, openai_client, browser_page, monkeypatch
+    operator_login, proxy_server, upstream, openai_client, browser_page
 ):
     import openai
 
-    # Playwright's sync API runs an event loop in this thread; the ORM reads below are plain sync code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     page = browser_page
     username, password = operator_login
 
