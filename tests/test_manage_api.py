@@ -99,6 +99,18 @@ def test_unknown_paths_get_a_json_404(api):
         assert body["code"] == "not_found"
 
 
+def test_an_unexpected_error_is_still_a_json_answer_without_details(api, monkeypatch):
+    from llmproxy.manage_api import selectors
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(selectors, "projects_for_api", broken)
+    status, body, response = api("GET", "/manage/projects")
+    assert (status, body) == (500, {"error": "internal error", "code": "internal_error"})
+    assert b"secret internals" not in response.content
+
+
 # --- Projects --------------------------------------------------------------------------------------------------
 
 
@@ -354,6 +366,18 @@ def test_invalid_token_requests_are_400_naming_the_field(api, make_project, extr
     assert body["field"] == field and body["code"] == code
     assert field in body["error"] or code == "unknown_field"
     assert not Token.objects.exists()
+
+
+def test_a_json_body_is_read_whatever_its_content_type_says(client, make_project):
+    """As curl sends it with plain `-d` (form-encoded Content-Type)."""
+    project = make_project()
+    response = client.post(
+        "/manage/tokens",
+        data=json.dumps({"project_id": str(project.pk), "duration_hours": 1}),
+        content_type="application/x-www-form-urlencoded",
+        HTTP_AUTHORIZATION=f"Bearer {MANAGEMENT_TOKEN}",
+    )
+    assert response.status_code == 201
 
 
 def test_a_whole_float_is_an_integer_as_in_json_schema(api, make_project):

@@ -145,6 +145,7 @@ _ERRORS = {
     "404": "No such object (also for a malformed ID, and for another project's token seen with a minting key).",
     "409": "Conflict with the current state.",
     "413": "Request body too large.",
+    "500": "Unexpected error (a bug): the details are in the server log, never in the response.",
     "503": DISABLED + ".",
 }
 
@@ -165,7 +166,7 @@ def _operation(
         operation["parameters"] = parameters
     if body is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
-    for status in ("401", "503", *errors):
+    for status in ("401", *errors, "500", "503"):
         operation["responses"][status] = {"$ref": f"#/components/responses/E{status}"}
     return operation
 

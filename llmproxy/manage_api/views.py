@@ -1,5 +1,6 @@
 """The management API's views: authenticate, parse, call a service, present JSON. No rule lives here."""
 
+import logging
 import re
 import uuid
 from datetime import timedelta
@@ -27,6 +28,8 @@ from .errors import ApiError, not_found
 from .openapi import build_document
 from .serializers import audit_event_json, issued_token_json, project_json, token_json
 from .validation import MAX_BODY_BYTES
+
+logger = logging.getLogger(__name__)
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -93,6 +96,10 @@ class ApiView(View):
             return getattr(self, request.method.lower())(request, caller, **kwargs)
         except ApiError as e:
             return e.response()
+        except Exception:
+            # Still JSON for the client; the traceback goes to the log, never into the response.
+            logger.exception("management API: unexpected error on %s %s", request.method, request.path)
+            return ApiError(500, "internal error", "internal_error").response()
 
 
 class ProjectsView(ApiView):
