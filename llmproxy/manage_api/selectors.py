@@ -1,7 +1,6 @@
 """Reads behind the management API: filtered querysets, pages, and audit-log lookups."""
 
 import math
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,8 @@ from django.db.models.functions import Cast, Replace
 from projects.models import Project
 from tokens.models import MintingKey, Token
 
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+from .validation import UUID_RE
+
 AUDIT_OBJECT_TYPES: dict[str, type] = {"project": Project, "token": Token, "minting_key": MintingKey}
 AUDIT_ACTIONS = {"create": LogEntry.Action.CREATE, "update": LogEntry.Action.UPDATE, "delete": LogEntry.Action.DELETE}
 
@@ -134,7 +134,7 @@ def audit_project_ids(entries: list[LogEntry]) -> dict[int, str]:
     result = {e.pk: e.object_pk for e in entries if e.content_type_id == project_type}
     for model in (Token, MintingKey):
         content_type = ContentType.objects.get_for_model(model).pk
-        ids = {e.object_pk for e in entries if e.content_type_id == content_type and _UUID_RE.fullmatch(e.object_pk)}
+        ids = {e.object_pk for e in entries if e.content_type_id == content_type and UUID_RE.fullmatch(e.object_pk)}
         if not ids:
             continue
         owners = {

@@ -45,7 +45,7 @@ _SPACE = _class_ranges(
 )
 TEXT_PATTERN = f"[^{_CONTROL}]*"
 NOT_BLANK_PATTERN = f"[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*"
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _QUERY_INT_RE = re.compile(r"-?[0-9]+")
 
 
@@ -165,7 +165,7 @@ class Uuid(Field):
         return {"type": "string", "format": "uuid"}
 
     def check(self, name: str, value: Any) -> uuid.UUID:
-        if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
+        if not isinstance(value, str) or not UUID_RE.fullmatch(value):
             raise invalid(name, f"{name} must be a UUID (8-4-4-4-12 hexadecimal digits)", "invalid_format")
         return uuid.UUID(value)
 

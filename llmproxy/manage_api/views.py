@@ -27,15 +27,13 @@ from .auth import Caller, authenticate
 from .errors import ApiError, not_found
 from .openapi import build_document
 from .serializers import audit_event_json, issued_token_json, project_json, token_json
-from .validation import MAX_BODY_BYTES
+from .validation import MAX_BODY_BYTES, UUID_RE
 
 logger = logging.getLogger(__name__)
 
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
 
 def _uuid_or_404(value: str, what: str) -> uuid.UUID:
-    if not _UUID_RE.fullmatch(value):
+    if not UUID_RE.fullmatch(value):
         raise not_found(what)
     return uuid.UUID(value)
 
