@@ -10,5 +10,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproxy.settings")
 django_application = get_asgi_application()
 
 from llmproxy.static import CollectedStaticFilesHandler  # noqa: E402  (needs the settings loaded)
+from proxy.asgi import with_proxy  # noqa: E402
 
-application = CollectedStaticFilesHandler(django_application)
+application = CollectedStaticFilesHandler(with_proxy(django_application))

@@ -185,6 +185,13 @@ PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=32 * 1024 * 1024)
 PROXY_CONNECT_TIMEOUT = env.float("PROXY_CONNECT_TIMEOUT", default=10.0)
 PROXY_READ_TIMEOUT = env.float("PROXY_READ_TIMEOUT", default=600.0)
 PROXY_CORS_ALLOWED_ORIGINS = env.list("PROXY_CORS_ALLOWED_ORIGINS", default=[])
+PROXY_CORS_MAX_AGE = env.int("PROXY_CORS_MAX_AGE", default=7200)
+# JSON bodies up to this size are read for their model and whether they stream; larger ones pass untouched.
+PROXY_INSPECT_MAX_BYTES = env.int("PROXY_INSPECT_MAX_BYTES", default=4 * 1024 * 1024)
+# Threads (per worker) that run admission statements, each with its own database connection.
+PROXY_DB_THREADS = env.int("PROXY_DB_THREADS", default=4)
+PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=2000)
+PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=100)
 DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

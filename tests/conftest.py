@@ -5,6 +5,8 @@ import pytest
 
 from llmproxy.audit import Actor
 
+pytest_plugins = ["tests.live"]
+
 VALID_KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD"
 OTHER_KEY = "sk-proj-ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxw"
 

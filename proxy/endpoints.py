@@ -1,0 +1,60 @@
+"""The allow-list of endpoints: `METHOD /path` entries from settings, where `*` stands for one path segment.
+
+Checked before anything else (no database), so a request for an endpoint the proxy does not serve never costs a
+query and never reaches the upstream.
+"""
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    allowed: bool
+    known_path: bool  # the path is served, with other methods (→ 405 rather than 404)
+    methods: tuple[str, ...]  # the methods the path allows, for the `Allow` header
+
+
+@dataclass(frozen=True)
+class AllowList:
+    exact: dict[str, frozenset[str]]
+    patterns: tuple[tuple[re.Pattern, frozenset[str]], ...]
+
+    def methods_for(self, path: str) -> frozenset[str]:
+        methods = set(self.exact.get(path, ()))
+        for pattern, allowed in self.patterns:
+            if pattern.fullmatch(path):
+                methods |= allowed
+        return frozenset(methods)
+
+
+def _compile(entries: tuple[str, ...]) -> AllowList:
+    exact: dict[str, set[str]] = {}
+    patterns: dict[str, set[str]] = {}
+    for entry in entries:
+        method, _, path = entry.strip().partition(" ")
+        path = "/" + path.strip().strip("/")
+        target = patterns if "*" in path else exact
+        target.setdefault(path, set()).add(method.upper())
+    compiled = tuple(
+        (re.compile("/".join("[^/]+" if part == "*" else re.escape(part) for part in path.split("/"))), frozenset(m))
+        for path, m in patterns.items()
+    )
+    return AllowList(exact={p: frozenset(m) for p, m in exact.items()}, patterns=compiled)
+
+
+@lru_cache(maxsize=4)
+def _allow_list(entries: tuple[str, ...]) -> AllowList:
+    return _compile(entries)
+
+
+def check(method: str, path: str) -> EndpointCheck:
+    """`path` is the part after `/v1`, decoded, e.g. `/chat/completions`."""
+    segments = path.split("/")[1:]
+    if not path.startswith("/") or any(s in ("", ".", "..") for s in segments):
+        return EndpointCheck(allowed=False, known_path=False, methods=())
+    methods = _allow_list(tuple(settings.PROXY_ALLOWED_ENDPOINTS)).methods_for(path)
+    return EndpointCheck(allowed=method in methods, known_path=bool(methods), methods=tuple(sorted(methods)))

@@ -1,0 +1,114 @@
+"""Refusals in OpenAI's error envelope, so the SDKs raise their usual exception with a readable message.
+
+Messages are fixed texts plus harmless facts (a method, a path, a limit): never a token, a key or an exception.
+"""
+
+import json
+from dataclasses import dataclass
+
+from django.http import HttpResponse
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    code: str
+    message: str
+    type: str = "invalid_request_error"
+    retry: bool = False  # whether the SDK should retry it (it retries 429 and 5xx unless told not to)
+
+
+def missing_token() -> Refusal:
+    return Refusal(
+        401,
+        "missing_token",
+        "No token provided. Send your sk-wt-… token as 'Authorization: Bearer <token>' "
+        "(the OpenAI SDKs do this with api_key=<token>).",
+    )
+
+
+def invalid_token_format() -> Refusal:
+    return Refusal(
+        401,
+        "invalid_token_format",
+        "Malformed token: expected 'sk-wt-' followed by 32 letters and digits.",
+    )
+
+
+def unknown_token() -> Refusal:
+    return Refusal(401, "invalid_token", "Unknown token. Check that you copied it completely.")
+
+
+def token_revoked() -> Refusal:
+    return Refusal(401, "token_revoked", "This token has been revoked. Ask the operator for a new one.")
+
+
+def token_expired() -> Refusal:
+    return Refusal(401, "token_expired", "This token has expired. Ask the operator for a new one.")
+
+
+def project_inactive() -> Refusal:
+    return Refusal(403, "project_inactive", "The project of this token is inactive. Ask the operator.")
+
+
+def request_limit_reached(limit: int) -> Refusal:
+    return Refusal(
+        429,
+        "request_limit_reached",
+        f"This token has used all of its {limit} requests. Ask the operator to raise its limit.",
+        type="insufficient_quota",
+    )
+
+
+def endpoint_not_allowed(method: str, path: str) -> Refusal:
+    return Refusal(404, "endpoint_not_allowed", f"This proxy does not serve {method} {path}.")
+
+
+def method_not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> Refusal:
+    return Refusal(
+        405, "method_not_allowed", f"Method {method} is not allowed for {path} (allowed: {', '.join(allowed)})."
+    )
+
+
+def body_too_large(limit: int) -> Refusal:
+    return Refusal(413, "request_too_large", f"The request body is larger than the limit of {_size(limit)}.")
+
+
+def upstream_unreachable() -> Refusal:
+    return Refusal(502, "upstream_unreachable", "The upstream API could not be reached.", "server_error", True)
+
+
+def upstream_timeout() -> Refusal:
+    return Refusal(504, "upstream_timeout", "The upstream API did not answer in time.", "server_error", True)
+
+
+def upstream_key_unusable() -> Refusal:
+    return Refusal(
+        503,
+        "upstream_key_unusable",
+        "The project's upstream key cannot be used (it cannot be decrypted). Ask the operator.",
+        "server_error",
+    )
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor} {unit}"
+    return f"{n} bytes"
+
+
+def refusal_body(refusal: Refusal) -> bytes:
+    error = {"message": refusal.message, "type": refusal.type, "param": None, "code": refusal.code}
+    return json.dumps({"error": error}).encode()
+
+
+def refusal_headers(refusal: Refusal) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
+    if not refusal.retry:
+        headers["X-Should-Retry"] = "false"  # the OpenAI SDKs honour it: retrying a refusal changes nothing
+    return headers
+
+
+def refusal_response(refusal: Refusal) -> HttpResponse:
+    return HttpResponse(refusal_body(refusal), status=refusal.status, headers=refusal_headers(refusal))

@@ -1,0 +1,68 @@
+"""One request through the proxy: what is known about it, its refusal, and the usage record it leaves."""
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+from django.http import HttpResponse
+
+from tokens import secret
+
+from . import cors, errors, usage
+
+
+def token_prefix(presented: str) -> str:
+    """What may be recorded of a presented token: the display prefix of something shaped like ours, else nothing
+    (a client may paste a real OpenAI key by mistake)."""
+    return secret.display_prefix(presented) if presented.startswith(secret.PREFIX) else ""
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str  # as recorded: `/v1/…`, decoded, without the query
+    request_id: str
+    client_ip: str | None
+    origin: str | None  # only when it is an allowed origin
+    started: float = field(default_factory=time.perf_counter)
+    arrived: datetime = field(default_factory=lambda: datetime.now(UTC))
+    token_prefix: str = ""
+    token_id: UUID | None = None
+    project_id: UUID | None = None
+    model: str = ""
+
+    def elapsed_ms(self, until: float | None = None) -> float:
+        return ((until or time.perf_counter()) - self.started) * 1000
+
+    def headers(self) -> dict[str, str]:
+        """Headers every response carries."""
+        headers = {"X-Request-ID": self.request_id}
+        if self.origin:
+            headers.update(cors.response_headers(self.origin))
+        return headers
+
+    def refuse(self, refusal: errors.Refusal, extra_headers: dict[str, str] | None = None) -> HttpResponse:
+        duration = self.elapsed_ms()
+        response = HttpResponse(errors.refusal_body(refusal), status=refusal.status)
+        for name, value in (errors.refusal_headers(refusal) | self.headers() | (extra_headers or {})).items():
+            response[name] = value
+        response["Server-Timing"] = f"proxy;dur={duration:.2f}"
+        self.record(status=refusal.status, duration_ms=duration, refusal_code=refusal.code)
+        return response
+
+    def record(self, **fields) -> None:
+        usage.writer.put(
+            usage.Record(
+                time=self.arrived,
+                method=self.method,
+                path=self.path,
+                request_id=self.request_id,
+                client_ip=self.client_ip,
+                project_id=self.project_id,
+                token_id=self.token_id,
+                token_prefix=self.token_prefix,
+                model=self.model,
+                **fields,
+            )
+        )

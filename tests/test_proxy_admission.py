@@ -1,0 +1,95 @@
+"""Admission: one statement checks and counts; it agrees with the status rule; it is exact under concurrency."""
+
+import asyncio
+from datetime import timedelta
+
+import openai
+import pytest
+from django.utils import timezone
+
+from proxy.admission import Admission, Refused, admit
+from tokens import secret
+from tokens.models import Token, TokenStatus
+from tokens.services import token_revoke
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}
+
+EXPECTED_CODE = {
+    TokenStatus.REVOKED: "token_revoked",
+    TokenStatus.EXPIRED: "token_expired",
+    TokenStatus.LIMIT_REACHED: "request_limit_reached",
+}
+
+
+@pytest.mark.django_db
+def test_the_statement_admits_exactly_what_the_status_rule_calls_usable(make_project, make_token, operator):
+    """Every combination of token state and project state: the SQL and `Token.objects.usable()` agree."""
+    now = timezone.now()
+    cases = []
+    for project_active in (True, False):
+        project = make_project()
+        for state in ("active", "unlimited", "one_left", "limit_reached", "expired", "revoked", "revoked_expired"):
+            issued = make_token(project, max_requests=None if state == "unlimited" else 5)
+            token = issued.token
+            if state == "one_left":
+                Token.objects.filter(pk=token.pk).update(request_count=4)
+            if state == "limit_reached":
+                Token.objects.filter(pk=token.pk).update(request_count=5)
+            if state in ("expired", "revoked_expired"):
+                Token.objects.filter(pk=token.pk).update(expires_at=now - timedelta(minutes=1))
+            if state in ("revoked", "revoked_expired"):
+                token_revoke(token=token, actor=operator)
+            cases.append((state, project_active, token.pk, issued.plaintext))
+        if not project_active:
+            from projects.services import project_deactivate
+
+            project_deactivate(project=project, actor=operator)
+
+    for state, project_active, pk, plaintext in cases:
+        before = Token.objects.get(pk=pk)
+        usable = Token.objects.usable(now).filter(pk=pk).exists()
+        result = admit(secret.digest(plaintext), now)
+        after = Token.objects.get(pk=pk)
+
+        assert isinstance(result, Admission) == usable, (state, project_active)
+        if usable:
+            assert after.request_count == before.request_count + 1 and after.last_used_at == now
+            assert result.token_id == pk and result.project_id == before.project_id
+        else:
+            assert after.request_count == before.request_count and after.last_used_at == before.last_used_at
+            assert isinstance(result, Refused)
+            status = before.status_at(now)
+            expected = EXPECTED_CODE.get(status, "project_inactive")
+            if status == TokenStatus.LIMIT_REACHED and not project_active:
+                expected = "project_inactive"
+            assert result.refusal.code == expected, (state, project_active)
+
+
+@pytest.mark.django_db
+def test_an_unknown_token_is_refused_without_a_write():
+    result = admit(secret.digest(secret.generate()))
+    assert isinstance(result, Refused) and result.refusal.code == "invalid_token" and result.token_id is None
+
+
+@pytest.mark.usefixtures("live_db")
+def test_fifty_concurrent_requests_on_a_limit_of_ten_admit_exactly_ten(
+    proxy_server, upstream, make_project, make_token
+):
+    issued = make_token(make_project(), max_requests=10)
+
+    async def fire() -> list:
+        client = openai.AsyncOpenAI(base_url=proxy_server.base_url, api_key=issued.plaintext, max_retries=0)
+        async with client:
+            return await asyncio.gather(
+                *(client.chat.completions.create(**CHAT) for _ in range(50)), return_exceptions=True
+            )
+
+    results = asyncio.run(fire())
+
+    admitted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert (len(admitted), len(refused)) == (10, 40), [r for r in results if isinstance(r, Exception)][:3]
+    assert len(upstream.requests) == 10
+    token = Token.objects.get(pk=issued.token.pk)
+    assert token.request_count == 10 and token.status == TokenStatus.LIMIT_REACHED
+    assert len(proxy_server.pids()) >= 3, "served by gunicorn with at least two workers"

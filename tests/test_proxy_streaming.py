@@ -1,0 +1,107 @@
+"""Streams: bytes arrive as the upstream sends them, a client going away cancels the upstream, and a stream holds
+no database connection."""
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.live import wait_for_usage
+
+pytestmark = pytest.mark.usefixtures("live_db")
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+
+
+@pytest.fixture
+def issued(make_project, make_token):
+    return make_token(make_project())
+
+
+def test_first_chunk_arrives_while_the_upstream_is_still_sending(openai_client, issued, upstream):
+    client = openai_client(issued.plaintext)
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        **CHAT, extra_headers={"x-mock-chunks": "5", "x-mock-chunk-delay": "0.3", "x-request-id": "no-buffering-1"}
+    )
+    first = next(iter(stream))
+    first_at = time.monotonic() - started
+
+    assert first.choices[0].delta.content == "part0 "
+    assert first_at < 0.5, f"first chunk after {first_at:.2f} s: buffered"
+    assert "no-buffering-1" not in upstream.finished, "the upstream was still sending"
+    rest = list(stream)
+    assert time.monotonic() - started >= 1.2 and len(rest) == 5
+    (record,) = wait_for_usage(1)
+    assert record.ttfb_ms < 500 and record.duration_ms >= 1200
+
+
+def test_client_disconnect_cancels_the_upstream_within_a_second(openai_client, issued, upstream):
+    client = openai_client(issued.plaintext)
+    stream = client.chat.completions.create(
+        **CHAT, extra_headers={"x-mock-chunks": "100", "x-mock-chunk-delay": "0.1", "x-request-id": "disconnect-1"}
+    )
+    next(iter(stream))
+    stream.close()
+    closed_at = time.monotonic()
+
+    deadline = closed_at + 3
+    while "disconnect-1" not in upstream.disconnects and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "disconnect-1" in upstream.disconnects, "the upstream never saw the proxy hang up"
+    assert upstream.disconnects["disconnect-1"] - closed_at < 1.0
+
+    (record,) = wait_for_usage(1)
+    assert record.client_aborted and record.streamed and record.status == 200
+    assert record.request_id == "disconnect-1" and record.ttfb_ms is not None
+    assert record.total_tokens is None, "the usage event never came"
+
+
+def test_an_upstream_breaking_off_mid_stream_cuts_the_client_too(openai_client, issued):
+    client = openai_client(issued.plaintext)
+    stream = client.chat.completions.create(**CHAT, extra_headers={"x-mock-drop": "mid-body", "x-mock-chunks": "5"})
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        list(stream)
+    (record,) = wait_for_usage(1)
+    assert record.streamed and not record.client_aborted
+
+
+def test_a_silent_upstream_times_out_between_chunks(openai_client, issued):
+    client = openai_client(issued.plaintext)
+    stream = client.chat.completions.create(**CHAT, extra_headers={"x-mock-chunks": "3", "x-mock-chunk-delay": "3"})
+    started = time.monotonic()
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        list(stream)
+    assert time.monotonic() - started < 2.5, "cut after the read timeout (1.5 s), not after the upstream's 3 s"
+    (record,) = wait_for_usage(1)
+    assert record.streamed and 1500 <= record.duration_ms < 2500
+
+
+def test_streams_do_not_hold_database_connections(proxy_server, issued, upstream):
+    """Twenty concurrent streams against a database pool of four per worker; a new request is still admitted."""
+
+    async def scenario() -> tuple[list[int], float]:
+        client = openai.AsyncOpenAI(base_url=proxy_server.base_url, api_key=issued.plaintext, max_retries=0)
+        headers = {"x-mock-chunks": "10", "x-mock-chunk-delay": "0.1"}
+
+        async def stream() -> int:
+            chunks = await client.chat.completions.create(**CHAT, extra_headers=headers)
+            return len([c async for c in chunks])
+
+        async with client:
+            streams = [asyncio.create_task(stream()) for _ in range(20)]
+            await asyncio.sleep(0.4)
+            started = time.monotonic()
+            models = await client.models.list()
+            quick = time.monotonic() - started
+            assert [m.id for m in models.data]
+            return await asyncio.gather(*streams), quick
+
+    counts, quick = asyncio.run(scenario())
+    assert counts == [11] * 20
+    assert quick < 0.5
+    records = wait_for_usage(21)
+    assert sum(r.streamed for r in records) == 20 and not any(r.client_aborted for r in records)
+    assert {r.completion_tokens for r in records if r.streamed} == {10}, "usage read from each stream"
