@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from llmproxy.admin_history import AuditHistoryMixin
 from llmproxy.audit import Actor
-from tokens.selectors import project_token_summary, project_unrevoked_token_count
+from tokens.selectors import project_minting_keys, project_token_summary, project_unrevoked_token_count
 from tokens.services import project_tokens_revoke
 
 from .forms import ProjectCreateForm, ProjectEditForm
@@ -193,6 +193,8 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
             original=project,
             status=status_badge(project),
             tokens=project_token_summary(project),
+            minting_keys=project_minting_keys(project),
+            can_add_minting_key=request.user.has_perm("tokens.add_mintingkey"),
             can_change=can_change,
             can_revoke_tokens=can_change and request.user.has_perm("tokens.change_token"),
             can_generate_token=request.user.has_perm("tokens.add_token"),

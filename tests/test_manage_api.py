@@ -648,3 +648,14 @@ def test_a_minting_key_is_stored_only_as_a_digest(minting_key):
     stored = MintingKey.objects.values().get(pk=minting_key.key.pk)
     assert minting_key.plaintext not in json.dumps(stored, default=str)
     assert minting_key.plaintext.startswith("mk-") and stored["prefix"] == minting_key.plaintext[:9]
+
+
+def test_failed_authentications_are_counted_as_security_events(client):
+    from llmproxy.models import SecurityEvent, SecurityEventKind
+
+    for _ in range(3):
+        client.get("/manage/projects", HTTP_AUTHORIZATION="Bearer wrong-token", REMOTE_ADDR="198.51.100.7")
+    client.get("/manage/tokens", HTTP_AUTHORIZATION="Bearer mk-" + "b" * 40, REMOTE_ADDR="198.51.100.7")
+    events = {e.reason: e for e in SecurityEvent.objects.filter(kind=SecurityEventKind.MANAGEMENT_AUTH_FAILED)}
+    assert events["unknown"].count == 4 and events["unknown"].client_ip == "198.51.100.7"
+    assert "wrong-token" not in str(SecurityEvent.objects.values())

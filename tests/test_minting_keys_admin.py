@@ -90,3 +90,16 @@ def test_staff_without_permission_cannot_create_or_revoke(client, django_user_mo
     assert client.get(ADD).status_code == 403
     assert client.post(f"{CHANGELIST}{issued.key.pk}/revoke/").status_code == 403
     assert MintingKey.objects.get(pk=issued.key.pk).revoked_at is None
+
+
+def test_project_page_lists_its_minting_keys_and_offers_a_new_one(admin_client, make_project, operator):
+    from django.urls import reverse
+
+    project = make_project()
+    issued = minting_key_create(project=project, name="web backend", actor=operator)
+    response = admin_client.get(reverse("admin:projects_project_change", args=[project.pk]))
+    page = response.content.decode()
+    assert "web backend" in page and f"{issued.key.prefix}…" in page
+    assert issued.plaintext not in page
+    assert f"{reverse('admin:tokens_mintingkey_add')}?project={project.pk}" in page
+    assert reverse("admin:tokens_mintingkey_revoke", args=[issued.key.pk]) in page

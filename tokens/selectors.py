@@ -8,7 +8,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from . import secret
-from .models import Token, TokenStatus
+from .models import MintingKey, Token, TokenStatus
 
 _ID_PREFIX_RE = re.compile(r"[0-9a-fA-F-]{4,36}")
 
@@ -74,3 +74,8 @@ def tokens_with_display_status(tokens: QuerySet[Token], status: str) -> QuerySet
     if status == BLOCKED_STATUS:
         return tokens.with_status(TokenStatus.ACTIVE).filter(project__is_active=False)
     return tokens.with_status(status)
+
+
+def project_minting_keys(project) -> list:
+    """A project's minting keys, newest first (a project has a handful, so no paging)."""
+    return list(MintingKey.objects.filter(project=project).order_by("-created_at"))

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from llmproxy.audit import Actor
+from llmproxy.models import SecurityEventKind, SecurityEventReason
+from llmproxy.security import record_security_event
 from tokens.minting import looks_like_minting_key, minting_key_authenticate
 from tokens.models import MintingKey
 
@@ -37,7 +39,15 @@ class Caller:
             raise ApiError(403, MINTING_KEY_SCOPE, "forbidden")
 
 
-def _unauthorized(message: str) -> ApiError:
+def _unauthorized(request: HttpRequest, message: str, reason: str, presented: str = "") -> ApiError:
+    """The 401 answer, after counting the attempt as a security event (by display prefix, never the secret)."""
+    record_security_event(
+        kind=SecurityEventKind.MANAGEMENT_AUTH_FAILED,
+        reason=reason,
+        client_ip=request.META.get("REMOTE_ADDR"),
+        token_prefix=presented,
+        detail=message,
+    )
     return ApiError(401, message, "unauthorized", headers={"WWW-Authenticate": 'Bearer realm="manage"'})
 
 
@@ -48,17 +58,17 @@ def authenticate(request: HttpRequest) -> Caller:
     scheme, _, credential = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
-        raise _unauthorized("missing or invalid Authorization header")
+        raise _unauthorized(request, "missing or invalid Authorization header", SecurityEventReason.MISSING)
     remote_addr = request.META.get("REMOTE_ADDR") or None
     if hmac.compare_digest(credential.encode(), management_token.encode()):
         return Caller(actor=Actor(via="api", label="management token", remote_addr=remote_addr))
     if looks_like_minting_key(credential):
         key = minting_key_authenticate(credential)
         if key is None:
-            raise _unauthorized("invalid minting key")
+            raise _unauthorized(request, "invalid minting key", SecurityEventReason.UNKNOWN, credential)
         label = f"minting key {key.name} ({key.prefix}…)"
         return Caller(
             actor=Actor(via="api", label=label, remote_addr=remote_addr, extra={"minting_key": str(key.pk)}),
             minting_key=key,
         )
-    raise _unauthorized("invalid management token")
+    raise _unauthorized(request, "invalid management token", SecurityEventReason.UNKNOWN)
