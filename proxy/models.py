@@ -1,4 +1,8 @@
+import uuid
+
 from django.db import models
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from projects.models import Project
@@ -55,3 +59,61 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.path} {self.status} ({self.request_id})"
+
+
+# "No project" and "no token" in the unique key of a day's aggregate: NULLs never collide in a unique index, so the
+# key compares the ids with this nil UUID in their place (no real id is ever nil).
+NIL_UUID = uuid.UUID(int=0)
+
+
+def _or_nil(field: str) -> Coalesce:
+    return Coalesce(field, Value(NIL_UUID, output_field=models.UUIDField()), output_field=models.UUIDField())
+
+
+class UsageDaily(models.Model):
+    """The sums of one UTC day's usage records per project, token and model: what charts and summaries read.
+
+    Kept up to date by the usage writer in the same transaction as the records it sums, by one upsert per batch, and
+    kept by the retention purge, so figures over any period stay right after the records themselves are gone.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    day = models.DateField(help_text="The UTC date of the requests.")
+    # Like UsageRecord's: no database constraint, the rows outlive anything they name.
+    project = models.ForeignKey(
+        Project,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+    )
+    token = models.ForeignKey(
+        Token, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+    )
+    model = models.CharField(max_length=200, blank=True, help_text="Blank when the request named none.")
+    requests = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0, help_text="Requests answered with a status of 400 or more.")
+    streamed = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    total_tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        # The unique key starts with the day, so it serves reads by day (the dashboard) too.
+        indexes = [
+            models.Index(fields=["project", "day"], name="usagedaily_project_day"),
+            models.Index(fields=["token", "day"], name="usagedaily_token_day"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                F("day"), _or_nil("project"), _or_nil("token"), F("model"), name="usagedaily_identity"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model or '(no model)'}: {self.requests} requests"

@@ -1,0 +1,140 @@
+"""Usage reads for the admin: every figure comes from the per-day aggregate (`UsageDaily`), never from a count over
+the usage records, so pages stay fast at millions of records and figures survive the retention purge.
+
+"Errors" are requests answered with a status of 400 or more (the proxy's refusals included). Days are UTC dates.
+"""
+
+import datetime
+from dataclasses import dataclass
+from uuid import UUID
+
+from django.db.models import QuerySet, Sum
+from django.utils import timezone
+
+from projects.models import Project
+from tokens.models import Token
+
+from .models import UsageDaily, UsageRecord
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    day: datetime.date
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens")
+
+
+def utc_today() -> datetime.date:
+    return timezone.now().astimezone(datetime.UTC).date()
+
+
+def first_day(days: int) -> datetime.date:
+    """The first of the last `days` days, today included."""
+    return utc_today() - datetime.timedelta(days=max(days, 1) - 1)
+
+
+def _daily(
+    *, project: Project | UUID | None = None, token: Token | UUID | None = None, since: datetime.date | None = None
+) -> QuerySet[UsageDaily]:
+    rows = UsageDaily.objects.order_by()
+    if project is not None:
+        rows = rows.filter(project_id=getattr(project, "pk", project))
+    if token is not None:
+        rows = rows.filter(token_id=getattr(token, "pk", token))
+    if since is not None:
+        rows = rows.filter(day__gte=since)
+    return rows
+
+
+def _sums() -> dict[str, Sum]:
+    return {f"sum_{name}": Sum(name) for name in SUMMED}
+
+
+def usage_daily(
+    *, project: Project | UUID | None = None, token: Token | UUID | None = None, days: int = 30
+) -> list[DayUsage]:
+    """One entry per day for the last `days` days ending today, oldest first; days without requests are zeros."""
+    start = first_day(days)
+    found = {
+        row["day"]: row for row in _daily(project=project, token=token, since=start).values("day").annotate(**_sums())
+    }
+    result = []
+    for offset in range(max(days, 1)):
+        day = start + datetime.timedelta(days=offset)
+        row = found.get(day, {})
+        result.append(DayUsage(day=day, **{name: row.get(f"sum_{name}") or 0 for name in SUMMED}))
+    return result
+
+
+def usage_totals(
+    *, project: Project | UUID | None = None, token: Token | UUID | None = None, days: int | None = None
+) -> UsageTotals:
+    """Sums over the last `days` days, today included, or over all time when `days` is None."""
+    since = first_day(days) if days is not None else None
+    row = _daily(project=project, token=token, since=since).aggregate(**_sums())
+    return UsageTotals(**{name: row[f"sum_{name}"] or 0 for name in SUMMED})
+
+
+def top_models(
+    *, project: Project | UUID | None = None, token: Token | UUID | None = None, days: int = 30, limit: int = 5
+) -> list[tuple[str, int]]:
+    """(model, requests), most requests first; requests that named no model are left out."""
+    rows = (
+        _daily(project=project, token=token, since=first_day(days))
+        .exclude(model="")
+        .values("model")
+        .annotate(total=Sum("requests"))
+        .order_by("-total", "model")[:limit]
+    )
+    return [(row["model"], row["total"]) for row in rows]
+
+
+def busiest_projects(*, days: int = 14, limit: int = 5) -> list[tuple[Project, int, int]]:
+    """(project, requests, errors) of the projects with the most requests in the last `days` days."""
+    rows = list(
+        _daily(since=first_day(days))
+        .filter(project__isnull=False)
+        .values("project_id")
+        .annotate(total=Sum("requests"), failed=Sum("errors"))
+        .order_by("-total", "project_id")[:limit]
+    )
+    projects = Project.objects.in_bulk([row["project_id"] for row in rows])
+    return [(projects[r["project_id"]], r["total"], r["failed"]) for r in rows if r["project_id"] in projects]
+
+
+def busiest_tokens(*, days: int = 14, limit: int = 5) -> list[tuple[Token, int, int]]:
+    """(token, requests, errors) of the tokens with the most requests in the last `days` days (with their project)."""
+    rows = list(
+        _daily(since=first_day(days))
+        .filter(token__isnull=False)
+        .values("token_id")
+        .annotate(total=Sum("requests"), failed=Sum("errors"))
+        .order_by("-total", "token_id")[:limit]
+    )
+    tokens = Token.objects.select_related("project").in_bulk([row["token_id"] for row in rows])
+    return [(tokens[r["token_id"]], r["total"], r["failed"]) for r in rows if r["token_id"] in tokens]
+
+
+def recent_requests(
+    *, project: Project | UUID | None = None, token: Token | UUID | None = None, limit: int = 10
+) -> list[UsageRecord]:
+    """The newest usage records, newest first (served by the (project, time) and (token, time) indexes)."""
+    records = UsageRecord.objects.select_related("project", "token")
+    if project is not None:
+        records = records.filter(project_id=getattr(project, "pk", project))
+    if token is not None:
+        records = records.filter(token_id=getattr(token, "pk", token))
+    return list(records.order_by("-time")[:limit])
