@@ -10,11 +10,14 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
+from functools import cache
 from uuid import UUID
 
-from django.db import connection
+from django.db import connection, connections, transaction
+from django.db.models.sql import Query
 
 logger = logging.getLogger(__name__)
 
@@ -242,9 +245,11 @@ class UsageWriter:
     def _write(self, batch: list[Record]) -> None:
         from .models import UsageRecord
 
-        rows = [UsageRecord(**_row(record)) for record in batch]
+        rows = [_row(record) for record in batch]
         try:
-            UsageRecord.objects.bulk_create(rows)
+            with transaction.atomic():
+                UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows])
+                add_to_daily(rows)
         except Exception:
             connection.close()
             if len(rows) > 1:
@@ -257,9 +262,13 @@ class UsageWriter:
             connection.close()  # hand the connection back to the pool between batches
 
     @staticmethod
-    def _write_one(row) -> None:
+    def _write_one(row: dict) -> None:
+        from .models import UsageRecord
+
         try:
-            row.save(force_insert=True)
+            with transaction.atomic():
+                UsageRecord(**row).save(force_insert=True)
+                add_to_daily([row])
         except Exception:
             logger.exception("could not write a usage record")
             connection.close()
@@ -276,6 +285,86 @@ def _row(record: Record) -> dict:
     if counts is not None:
         row.update(asdict(counts))
     return row
+
+
+DAILY_KEY = ("day", "project", "token", "model")
+DAILY_SUMS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def daily_sums(rows: Iterable[dict]) -> dict[tuple[date, UUID | None, UUID | None, str], list[int]]:
+    """The rows of a batch summed per (UTC day, project, token, model), in the order of `DAILY_SUMS`."""
+    groups: dict[tuple[date, UUID | None, UUID | None, str], list[int]] = {}
+    for row in rows:
+        key = (row["time"].astimezone(UTC).date(), row.get("project_id"), row.get("token_id"), row.get("model", ""))
+        sums = groups.setdefault(key, [0] * len(DAILY_SUMS))
+        sums[0] += 1
+        sums[1] += row["status"] >= 400
+        sums[2] += bool(row.get("streamed"))
+        sums[3] += row.get("prompt_tokens") or 0
+        sums[4] += row.get("completion_tokens") or 0
+        sums[5] += row.get("total_tokens") or 0
+    return groups
+
+
+def add_to_daily(rows: Iterable[dict]) -> None:
+    """Add usage rows to their days' aggregates: one upsert per chunk of groups, in the caller's transaction.
+
+    Adding (`requests = requests + excluded.requests`, …) in the statement keeps the sums exact however many
+    processes write at once. Groups go in key order, so two writers lock shared rows in the same order (no deadlock).
+    """
+    from .models import UsageDaily
+
+    groups = daily_sums(rows)
+    if not groups:
+        return
+    meta = UsageDaily._meta
+    key_fields = [meta.get_field(name) for name in DAILY_KEY]
+    per_row = len(DAILY_KEY) + len(DAILY_SUMS)
+    chunk = max((connection.features.max_query_params or 60_000) // per_row, 1)
+    ordered = sorted(groups.items(), key=lambda item: tuple("" if v is None else str(v) for v in item[0]))
+    head, tail = _daily_upsert_sql(connection.alias)
+    with connection.cursor() as cursor:
+        for start in range(0, len(ordered), chunk):
+            part = ordered[start : start + chunk]
+            params = []
+            for key, sums in part:
+                params += [
+                    field.get_db_prep_save(value, connection) for field, value in zip(key_fields, key, strict=True)
+                ]
+                params += sums
+            values = ", ".join([f"({', '.join(['%s'] * per_row)})"] * len(part))
+            cursor.execute(f"{head} {values} {tail}", params)
+
+
+@cache
+def _daily_upsert_sql(alias: str) -> tuple[str, str]:
+    """`INSERT … VALUES` and `ON CONFLICT … DO UPDATE` around the values: the same statement on SQLite and PostgreSQL.
+
+    The conflict target is compiled from the model's unique constraint (nil UUID in place of a NULL id), just as the
+    migration compiled the index, so the two always match.
+    """
+    from .models import UsageDaily
+
+    conn = connections[alias]
+    qn = conn.ops.quote_name
+    meta = UsageDaily._meta
+    constraint = next(c for c in meta.constraints if c.name == "usagedaily_identity")
+    query = Query(UsageDaily, alias_cols=False)
+    compiler = query.get_compiler(connection=conn)
+    conn.ensure_connection()
+    quote_value = conn.schema_editor().quote_value
+    target = []
+    for expression in constraint.expressions:
+        sql, params = compiler.compile(expression.resolve_expression(query))
+        target.append(f"({sql % tuple(quote_value(p) for p in params)})")
+    table = qn(meta.db_table)
+    columns = [qn(meta.get_field(name).column) for name in (*DAILY_KEY, *DAILY_SUMS)]
+    sums = [qn(meta.get_field(name).column) for name in DAILY_SUMS]
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+    tail = f"ON CONFLICT ({', '.join(target)}) DO UPDATE SET " + ", ".join(
+        f"{c} = {table}.{c} + excluded.{c}" for c in sums
+    )
+    return head, tail
 
 
 writer = UsageWriter()
