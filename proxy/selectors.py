@@ -6,6 +6,7 @@ the usage records, so pages stay fast at millions of records and figures survive
 
 import datetime
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from django.db.models import QuerySet, Sum
@@ -138,3 +139,58 @@ def recent_requests(
     if token is not None:
         records = records.filter(token_id=getattr(token, "pk", token))
     return list(records.order_by("-time")[:limit])
+
+
+USAGE_GROUPS = ("day", "token", "model")
+REPORTED = (*SUMMED, "total_tokens")
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """Rows of sums (one per day, token or model) and their totals, for the management API's billing scripts."""
+
+    rows: list[dict[str, Any]]
+    totals: dict[str, int]
+
+
+def usage_summary(
+    *,
+    start: datetime.date,
+    end: datetime.date,
+    group_by: str = "day",
+    project: Project | UUID | None = None,
+    token: Token | UUID | None = None,
+) -> UsageSummary:
+    """Sums over the days from `start` to `end`, both included, grouped by `group_by` (one of `USAGE_GROUPS`).
+
+    By day: every day of the period, oldest first, zero-filled. By token or model: those with requests, most requests
+    first; requests that named no token (refused credentials) or no model form one row with `null` / `""`.
+    """
+    sums = {f"sum_{name}": Sum(name) for name in REPORTED}
+    rows = _daily(project=project, token=token, since=start).filter(day__lte=end)
+    if group_by == "day":
+        found = {row["day"]: row for row in rows.values("day").annotate(**sums)}
+        days = (start + datetime.timedelta(days=n) for n in range((end - start).days + 1))
+        result = [{"day": day, **_reported(found.get(day, {}))} for day in days]
+    elif group_by == "token":
+        grouped = rows.values("token_id", "token__prefix", "token__label").annotate(**sums)
+        result = [
+            {
+                "token_id": row["token_id"],
+                "token_prefix": row["token__prefix"],
+                "label": row["token__label"],
+                **_reported(row),
+            }
+            for row in grouped.order_by("-sum_requests", "token_id")
+        ]
+    elif group_by == "model":
+        grouped = rows.values("model").annotate(**sums).order_by("-sum_requests", "model")
+        result = [{"model": row["model"], **_reported(row)} for row in grouped]
+    else:
+        raise ValueError(f"group_by must be one of {USAGE_GROUPS}")
+    totals = {name: sum(row[name] for row in result) for name in REPORTED}
+    return UsageSummary(rows=result, totals=totals)
+
+
+def _reported(row: dict[str, Any]) -> dict[str, int]:
+    return {name: row.get(f"sum_{name}") or 0 for name in REPORTED}

@@ -1,13 +1,16 @@
 """What each endpoint accepts, declared once: views parse with these, and openapi.py documents them."""
 
+from datetime import date
+
 from django.conf import settings
 
 from projects.keys import _API_KEY_RE, INVALID_API_KEY
+from proxy.selectors import USAGE_GROUPS, utc_today
 from tokens.models import TokenStatus
 
 from .errors import invalid
 from .selectors import AUDIT_ACTIONS, AUDIT_OBJECT_TYPES
-from .validation import Body, Boolean, Choice, DateTime, Integer, Query, String, Uuid
+from .validation import Body, Boolean, Choice, Date, DateTime, Integer, Query, String, Uuid
 
 MAX_PAGE = 1_000_000
 DEFAULT_PAGE_SIZE = 20
@@ -136,3 +139,30 @@ AUDIT_LIST = Query(
         **PAGING,
     }
 )
+
+USAGE_DEFAULT_DAYS = 30
+USAGE_MAX_DAYS = 366
+
+USAGE_SUMMARY = Query(
+    {
+        "project_id": Uuid(description="Only this project's requests (a minting key: its own project, the default)."),
+        "token_id": Uuid(description="Only this token's requests."),
+        "from": Date(
+            description=f"First day (UTC), included; default: the {USAGE_DEFAULT_DAYS} days ending with `to`."
+        ),
+        "to": Date(description="Last day (UTC), included; default: today."),
+        "group_by": Choice(description="One row per day (the default), per token or per model.", choices=USAGE_GROUPS),
+    }
+)
+
+
+def usage_period(query: dict) -> tuple[date, date]:
+    """The first and last day a usage summary covers: at most `USAGE_MAX_DAYS` days, `from` not after `to`."""
+    end = query.get("to") or utc_today()
+    # (By ordinal, so a `to` in year 1 gives a shorter default period instead of an overflow.)
+    start = query.get("from") or date.fromordinal(max(end.toordinal() - (USAGE_DEFAULT_DAYS - 1), 1))
+    if start > end:
+        raise invalid("from", "from must not be after to", "invalid_range")
+    if (end - start).days >= USAGE_MAX_DAYS:
+        raise invalid("to", f"the period from from to to must be at most {USAGE_MAX_DAYS} days", "range_too_long")
+    return start, end

@@ -10,6 +10,14 @@ from .auth import DISABLED, MINTING_KEY_SCOPE
 _DATETIME = {"type": "string", "format": "date-time"}
 _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _UUID = {"type": "string", "format": "uuid"}
+_DATE = {"type": "string", "format": "date"}
+_USAGE_SUMS = {
+    "requests": {"type": "integer", "minimum": 0},
+    "errors": {"type": "integer", "minimum": 0, "description": "Requests answered with status 400 or more."},
+    "prompt_tokens": {"type": "integer", "minimum": 0},
+    "completion_tokens": {"type": "integer", "minimum": 0},
+    "total_tokens": {"type": "integer", "minimum": 0},
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -136,6 +144,35 @@ _SCHEMAS: dict[str, Any] = {
         }
     ),
     "AuditEventList": _list("AuditEvent", "events"),
+    "UsageTotals": _object(_USAGE_SUMS),
+    "UsageByDay": _object({"day": _DATE, **_USAGE_SUMS}),
+    "UsageByToken": _object(
+        {
+            "token_id": {
+                "type": ["string", "null"],
+                "format": "uuid",
+                "description": "null: requests that named no token of ours (refused credentials).",
+            },
+            "token_prefix": {"type": ["string", "null"], "description": "The token's display prefix."},
+            "label": {"type": ["string", "null"]},
+            **_USAGE_SUMS,
+        }
+    ),
+    "UsageByModel": _object(
+        {"model": {"type": "string", "description": "Empty for requests that named no model."}, **_USAGE_SUMS}
+    ),
+    "UsageSummary": _object(
+        {
+            "from": _DATE,
+            "to": _DATE,
+            "group_by": {"type": "string", "enum": list(inputs.USAGE_SUMMARY.fields["group_by"].choices)},
+            "rows": {
+                "type": "array",
+                "items": {"oneOf": [_ref("UsageByDay"), _ref("UsageByToken"), _ref("UsageByModel")]},
+            },
+            "totals": _ref("UsageTotals"),
+        }
+    ),
 }
 
 _ERRORS = {
@@ -185,9 +222,10 @@ def build_document() -> dict[str, Any]:
         "info": {
             "title": "LLM Proxy management API",
             "version": "1",
-            "description": "Projects, tokens and the audit trail, for scripts and for programs that mint their own "
-            "tokens. Authenticate with `Authorization: Bearer <MANAGEMENT_TOKEN>` for everything, or with a "
-            "project's minting key (`mk-…`) to create, list, read and revoke that project's tokens only.",
+            "description": "Projects, tokens, the audit trail and usage, for scripts and for programs that mint "
+            "their own tokens. Authenticate with `Authorization: Bearer <MANAGEMENT_TOKEN>` for everything, or with a "
+            "project's minting key (`mk-…`) to create, list, read and revoke that project's tokens and read its "
+            "usage only.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
@@ -276,6 +314,20 @@ def build_document() -> dict[str, Any]:
                 "parameters": [event_id],
                 "get": _operation(
                     "Read an audit event", {"200": _json(_ref("AuditEvent"), "The event.")}, errors=("403", "404")
+                ),
+            },
+            "/manage/usage": {
+                "get": _operation(
+                    "Usage summary: requests, errors and token sums per day, token or model",
+                    {"200": _json(_ref("UsageSummary"), "The sums over the period, and their totals.")},
+                    errors=("400", "403"),
+                    parameters=inputs.USAGE_SUMMARY.parameters(),
+                    description="Days are UTC dates, `from` and `to` both included (at most "
+                    f"{inputs.USAGE_MAX_DAYS} days; 400 `range_too_long` beyond, 400 `invalid_range` when `from` is "
+                    "after `to`). By day, every day of the period is a row (zeros included), oldest first; by token "
+                    "or model, those with requests, most first. Read from the per-day sums, which the retention "
+                    "purge keeps, so older periods stay right. A minting key sees its own project only (the "
+                    "default; another project_id is 403).",
                 ),
             },
             "/manage/openapi.json": {

@@ -10,6 +10,7 @@ urlpatterns = [
     path("tokens/<str:token_id>", views.TokenDetailView.as_view()),
     path("audit", views.AuditView.as_view()),
     path("audit/<str:event_id>", views.AuditDetailView.as_view()),
+    path("usage", views.UsageView.as_view()),
     path("openapi.json", views.OpenApiView.as_view()),
     re_path(r"^.*$", views.NotFoundView.as_view()),
 ]

@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from .errors import ApiError, invalid
@@ -47,6 +47,7 @@ TEXT_PATTERN = f"[^{_CONTROL}]*"
 NOT_BLANK_PATTERN = f"[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*"
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _QUERY_INT_RE = re.compile(r"-?[0-9]+")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,23 @@ class DateTime(Field):
                 parsed = parsed.replace(tzinfo=UTC)  # no offset given: read as UTC
             return parsed.astimezone(UTC)
         except (ValueError, OverflowError):
+            raise invalid(name, message, "invalid_format") from None
+
+
+@dataclass(frozen=True)
+class Date(Field):
+    """A calendar date, `YYYY-MM-DD` (RFC 3339 full-date, what JSON Schema's `date` format means)."""
+
+    def type_schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "date"}
+
+    def check(self, name: str, value: Any) -> date:
+        message = f"{name} must be a date, YYYY-MM-DD, e.g. 2026-01-31"
+        if not isinstance(value, str) or not _DATE_RE.fullmatch(value):
+            raise invalid(name, message, "invalid_format")
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
             raise invalid(name, message, "invalid_format") from None
 
 

@@ -13,6 +13,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from projects.services import DUPLICATE_NAME, project_create, project_set_active, project_update
+from proxy.selectors import usage_summary
 from tokens.services import (
     INACTIVE_PROJECT,
     project_tokens_revoke,
@@ -276,6 +277,27 @@ class AuditDetailView(ApiView):
         if entry is None:
             raise not_found("audit event")
         return JsonResponse(audit_event_json(entry, selectors.audit_project_ids([entry]).get(entry.pk)))
+
+
+class UsageView(ApiView):
+    methods = ("GET",)
+
+    def get(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        query = inputs.USAGE_SUMMARY.parse(request.GET)
+        if "project_id" in query:
+            caller.require_project(query["project_id"])
+        start, end = inputs.usage_period(query)
+        group_by = query.get("group_by", "day")
+        summary = usage_summary(
+            start=start,
+            end=end,
+            group_by=group_by,
+            project=query.get("project_id", caller.project_id),
+            token=query.get("token_id"),
+        )
+        return JsonResponse(
+            {"from": start, "to": end, "group_by": group_by, "rows": summary.rows, "totals": summary.totals}
+        )
 
 
 class OpenApiView(ApiView):
