@@ -203,3 +203,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }
+
+# --- Usage -----------------------------------------------------------------------------------------------------
+# Usage records and security events older than this many days are deleted by `manage.py purge_usage` (run it
+# daily); the per-day usage sums are kept, so charts and summaries over older periods stay right.
+USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
+if USAGE_RETENTION_DAYS < 1:
+    refuse_to_start("USAGE_RETENTION_DAYS must be at least 1.")
