@@ -8,7 +8,8 @@ from tokens.minting import minting_key_create
 class Command(BaseCommand):
     help = (
         "Create a minting key for a project and print only the key (shown this once). A program holding it can "
-        "create, list, read and revoke that project's tokens through the management API, and nothing else."
+        "create, list, read and revoke that project's tokens and read its usage through the management API, and "
+        "nothing else."
     )
 
     def add_arguments(self, parser):
