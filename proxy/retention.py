@@ -51,7 +51,7 @@ def usage_purge(
         return PurgeResult(cutoff, records.count(), events.count(), dry_run=True)
     result = PurgeResult(cutoff, _delete_in_batches(records, batch_size), _delete_in_batches(events, batch_size), False)
     logger.info(
-        "usage purge by %s (%s): deleted %d usage records and %d security events older than %s (%d days)",
+        "usage purge by %s via %s: deleted %d usage records and %d security events older than %s (%d days)",
         actor,
         actor.via,
         result.usage_records,

@@ -148,7 +148,7 @@ def test_one_log_line_says_who_purged_what(token, caplog, settings):
     lines = [r.getMessage() for r in caplog.records if r.name == "proxy.retention"]
     assert len(lines) == 1
     assert lines[0].startswith("usage purge by command line (")
-    assert "(cli): deleted 1 usage records and 0 security events older than " in lines[0]
+    assert " via cli: deleted 1 usage records and 0 security events older than " in lines[0]
     assert lines[0].endswith("(90 days)")
 
 
