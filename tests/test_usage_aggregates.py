@@ -138,11 +138,13 @@ def test_later_batches_add_to_the_same_groups_including_those_without_project_or
 def test_concurrent_writers_keep_exact_sums(project_and_token):
     """Two writers (each with its own database connection, like two gunicorn workers) hit the same groups."""
     project, token = project_and_token
-    rounds, failures = 15, []
+    rounds, failures = 25, []
+    start = threading.Barrier(2)
 
     def write(model_order: list[str]) -> None:
         writer = UsageWriter()
         try:
+            start.wait(10)
             for _ in range(rounds):
                 writer._write(
                     [
