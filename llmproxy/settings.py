@@ -191,7 +191,9 @@ PROXY_INSPECT_MAX_BYTES = env.int("PROXY_INSPECT_MAX_BYTES", default=4 * 1024 * 
 # Threads (per worker) that run admission statements, each with its own database connection.
 PROXY_DB_THREADS = env.int("PROXY_DB_THREADS", default=4)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=2000)
-PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=100)
+PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
+# Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).
+PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
 DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

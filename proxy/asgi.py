@@ -64,7 +64,11 @@ class ProxyHandler(ASGIHandler):
             return
         guarded = _BodyLimit(receive, limit)
         try:
-            await super().__call__(scope, guarded, send)
+            # Django's own __call__ wraps this in a ThreadSensitiveContext, which starts a new thread per request
+            # for the sync signal receivers (request_started/finished). The view runs no thread-sensitive code (its
+            # database work has its own threads, see proxy.db), so those receivers can share the one global
+            # sync thread instead: no thread is started per request.
+            await self.handle(scope, guarded, send)
         except UpstreamInterrupted:
             # Returning with the response unfinished makes the server close the connection without the final
             # chunk, so the client sees the body is cut (already logged, without a traceback).

@@ -1,8 +1,8 @@
 """The proxy's database work runs on a few dedicated threads, never on the request's own thread.
 
-So a stream can never pin a database connection: the request's code holds none. With PostgreSQL each call hands
-its connection back to the pool when it ends; with SQLite each thread keeps its own connection open (opening one
-costs more than the statement).
+Each thread keeps its connection (taking one from PostgreSQL's pool costs five times the admission statement), so
+a worker holds PROXY_DB_THREADS connections whatever its load, and a stream holds none: the request's code never
+touches the database. With SQLite there is one thread per process, since SQLite lets one writer in at a time.
 """
 
 import os
@@ -23,7 +23,9 @@ _executor_pid = 0
 def _pool() -> ThreadPoolExecutor:
     global _executor, _executor_pid
     if _executor is None or _executor_pid != os.getpid():
-        _executor = ThreadPoolExecutor(max_workers=settings.PROXY_DB_THREADS, thread_name_prefix="proxy-db")
+        # A waiting SQLite writer sleeps in steps of milliseconds: one thread per process queues statements instead.
+        threads = 1 if connection.vendor == "sqlite" else settings.PROXY_DB_THREADS
+        _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy-db")
         _executor_pid = os.getpid()
     return _executor
 
@@ -34,10 +36,12 @@ def _call(fn: Callable[..., T], *args) -> T:
     except Exception:
         connection.close()  # whatever state it is in, the next call starts afresh
         raise
-    finally:
-        if connection.vendor != "sqlite":
-            connection.close()  # back to the pool
 
 
 async def run(fn: Callable[..., T], *args) -> T:
     return await sync_to_async(_call, thread_sensitive=False, executor=_pool())(fn, *args)
+
+
+def run_blocking(fn: Callable[..., T], *args) -> T:
+    """The same, from a thread that may block (not the event loop)."""
+    return _pool().submit(_call, fn, *args).result()

@@ -3,8 +3,8 @@
 Headers are handled as the raw `(name, value)` byte pairs of the ASGI scope and of httpx, lower-cased names.
 """
 
+import os
 import re
-import uuid
 
 HOP_BY_HOP = frozenset(
     {
@@ -106,4 +106,4 @@ def request_id(client_value: str | None) -> str:
     """The client's own X-Request-ID when it is a sane one (so it can correlate), else a fresh one."""
     if client_value and _CLIENT_REQUEST_ID.fullmatch(client_value):
         return client_value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

@@ -5,11 +5,78 @@ response headers and for each next chunk. The pool is sized for many concurrent 
 """
 
 import asyncio
+import urllib.request
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+class _Released(httpx.AsyncByteStream):
+    """A response body that tells its pool when it is closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, on_close) -> None:
+        self._stream = stream
+        self._on_close = on_close
+
+    async def __aiter__(self):
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+                self._on_close = None
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Several httpcore connection pools, each request going to the least busy one.
+
+    httpcore's pool rescans all its connections for every waiting request, so its cost per request grows with the
+    number of requests in flight: one pool serves 32 concurrent requests at a quarter of the rate it serves one.
+    Small pools side by side keep that cost flat.
+    """
+
+    def __init__(self, shards: int, limits: httpx.Limits, proxy: str | None = None) -> None:
+        per_shard = httpx.Limits(
+            max_connections=max(1, (limits.max_connections or 1000) // shards),
+            max_keepalive_connections=max(1, (limits.max_keepalive_connections or 100) // shards),
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        self._pools = [httpx.AsyncHTTPTransport(limits=per_shard, proxy=proxy) for _ in range(shards)]
+        self._active = [0] * shards
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = min(range(len(self._pools)), key=self._active.__getitem__)
+        self._active[index] += 1
+        try:
+            response = await self._pools[index].handle_async_request(request)
+        except BaseException:
+            self._active[index] -= 1
+            raise
+
+        def release() -> None:
+            self._active[index] -= 1
+
+        response.stream = _Released(response.stream, release)
+        return response
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+def _environment_proxy(upstream: str) -> str | None:
+    """An egress proxy from HTTPS_PROXY/HTTP_PROXY (unless NO_PROXY exempts the upstream), as httpx would use."""
+    parts = urlsplit(upstream)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def client() -> httpx.AsyncClient:
@@ -18,17 +85,20 @@ def client() -> httpx.AsyncClient:
     if found is None:
         for stale in [other for other in _clients if other.is_closed()]:
             del _clients[stale]
+        limits = httpx.Limits(
+            max_connections=settings.PROXY_UPSTREAM_MAX_CONNECTIONS,
+            max_keepalive_connections=settings.PROXY_UPSTREAM_MAX_KEEPALIVE,
+            keepalive_expiry=30.0,
+        )
         found = _clients[loop] = httpx.AsyncClient(
+            transport=ShardedTransport(
+                settings.PROXY_UPSTREAM_POOLS, limits, proxy=_environment_proxy(settings.UPSTREAM_BASE_URL)
+            ),
             timeout=httpx.Timeout(
                 connect=settings.PROXY_CONNECT_TIMEOUT,
                 read=settings.PROXY_READ_TIMEOUT,
                 write=settings.PROXY_READ_TIMEOUT,
                 pool=settings.PROXY_CONNECT_TIMEOUT,
-            ),
-            limits=httpx.Limits(
-                max_connections=settings.PROXY_UPSTREAM_MAX_CONNECTIONS,
-                max_keepalive_connections=settings.PROXY_UPSTREAM_MAX_KEEPALIVE,
-                keepalive_expiry=30.0,
             ),
             follow_redirects=False,
         )

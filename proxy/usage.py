@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
@@ -18,6 +19,8 @@ from uuid import UUID
 
 from django.db import connection, connections, transaction
 from django.db.models.sql import Query
+
+from . import db
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +195,7 @@ class UsageWriter:
     """One per process: a queue and a thread that writes what is queued, in batches."""
 
     BATCH = 500
+    MIN_INTERVAL = 0.02  # seconds between the starts of two batch writes
     MAX_QUEUED = 100_000  # when the database is down for long, drop (and log) rather than grow without bound
 
     def __init__(self) -> None:
@@ -229,8 +233,14 @@ class UsageWriter:
 
     def _run(self) -> None:
         running = True
+        last_write = 0.0
         while running:
             batch = [self._queue.get()]
+            # Under load, gather what comes in for a moment: one transaction per batch is what a write costs.
+            # When idle, a record is written at once.
+            if (wait := last_write + self.MIN_INTERVAL - time.monotonic()) > 0:
+                time.sleep(wait)
+            last_write = time.monotonic()
             while len(batch) < self.BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -240,7 +250,9 @@ class UsageWriter:
                 running = False
                 batch = [r for r in batch if r is not None]
             if batch:
-                self._write(batch)
+                # On the proxy's database threads and their connections (with SQLite, its one thread: the batch
+                # queues behind admissions instead of making them sleep on the database lock).
+                db.run_blocking(self._write, batch)
 
     def _write(self, batch: list[Record]) -> None:
         from .models import UsageRecord
@@ -258,8 +270,6 @@ class UsageWriter:
                     self._write_one(row)
             else:
                 logger.exception("could not write a usage record")
-        if connection.vendor != "sqlite":
-            connection.close()  # hand the connection back to the pool between batches
 
     @staticmethod
     def _write_one(row: dict) -> None:

@@ -23,8 +23,8 @@ from tests.mock_upstream import MockUpstream
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# What the shared test server runs with: short timeouts and a small body limit keep the tests fast; a small
-# database pool proves that streams do not pin connections.
+# What the shared test server runs with: short timeouts and a small body limit keep the tests fast; a database
+# pool of four per worker (two held by the proxy's database threads) proves that streams do not pin connections.
 TEST_SERVER_ENV = {
     "PROXY_READ_TIMEOUT": "1.5",
     "PROXY_CONNECT_TIMEOUT": "1",
@@ -32,6 +32,7 @@ TEST_SERVER_ENV = {
     "PROXY_CORS_ALLOWED_ORIGINS": "https://app.example.com",
     "DATABASE_POOL_MIN_SIZE": "1",
     "DATABASE_POOL_MAX_SIZE": "4",
+    "PROXY_DB_THREADS": "2",
 }
 
 

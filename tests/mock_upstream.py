@@ -249,6 +249,7 @@ class MockUpstream:
             raise Drop from None
         finally:
             hung_up.cancel()
+            await asyncio.gather(hung_up, return_exceptions=True)  # the reader is free for the next request
         return True
 
     @staticmethod

@@ -1,0 +1,429 @@
+"""Benchmark of the proxy against calling the upstream directly: `python bench/proxy_bench.py` (or `make bench`).
+
+It starts the mock upstream (tests/mock_upstream.py, its own process) and the server as in production (gunicorn with
+uvicorn workers, gunicorn.conf.py, DEBUG off) on a fresh database: PostgreSQL when DATABASE_URL names one (a
+separate `<name>_bench` database on that server, created and dropped here), else a new SQLite file under data/.
+It seeds one project and one unlimited token, then prints, as ratios against the mock called directly:
+
+- added latency at concurrency 1 (p50, p99), non-streamed chat completions;
+- throughput at concurrency 32;
+- time to first byte of a stream;
+- 200 concurrent 3-second streams: failures, stream time against direct;
+- the server's peak RSS (gunicorn master and workers, from /proc).
+
+The load generator is a minimal HTTP/1.1 client on raw asyncio streams (keep-alive), so that its own cost stays
+small next to what it measures. All traffic goes to 127.0.0.1.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+from tests.live import child_pids, free_port  # noqa: E402
+
+UPSTREAM_KEY = "sk-proj-benchbenchbenchbenchbenchbenchbench0000"
+CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}).encode()
+STREAM = json.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "stream": True}
+).encode()
+
+TARGETS = {"added_p50_ms": 1.5, "throughput_ratio": 0.06, "stream_ratio": 1.05}
+
+
+# --- a small HTTP/1.1 client ----------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    status: int
+    first_byte: float  # seconds from sending to the first body byte
+    total: float  # seconds from sending to the last byte
+
+
+class Connection:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Timing:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        started = time.perf_counter()
+        self.writer.write(head.encode() + body)
+        try:
+            return await self._response(started)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.close()
+            raise
+
+    async def _response(self, started: float) -> Timing:
+        reader = self.reader
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        first_byte = None
+        if "content-length" in headers:
+            await reader.readexactly(int(headers["content-length"]))
+            first_byte = time.perf_counter()
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                await reader.readexactly(size + 2)
+                if first_byte is None:
+                    first_byte = time.perf_counter()
+                if size == 0:
+                    break
+        else:
+            await reader.read()
+            first_byte = time.perf_counter()
+            await self.close()
+        ended = time.perf_counter()
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return Timing(status, first_byte - started, ended - started)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    prefix: str
+    authorization: str
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {"Authorization": self.authorization, "Content-Type": "application/json", **(extra or {})}
+
+
+async def latency(target: Target, count: int, warmup: int) -> list[float]:
+    connection = Connection(target.host, target.port)
+    timings = []
+    for i in range(warmup + count):
+        timing = await connection.request("POST", f"{target.prefix}/chat/completions", target.headers(), CHAT)
+        assert timing.status == 200, timing
+        if i >= warmup:
+            timings.append(timing.total * 1000)
+    await connection.close()
+    return timings
+
+
+async def throughput(target: Target, concurrency: int, seconds: float) -> tuple[float, int]:
+    done, failed = 0, 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done, failed
+        connection = Connection(target.host, target.port)
+        while time.perf_counter() < stop_at:
+            try:
+                timing = await connection.request("POST", f"{target.prefix}/chat/completions", target.headers(), CHAT)
+                done += timing.status == 200
+                failed += timing.status != 200
+            except (OSError, asyncio.IncompleteReadError):
+                failed += 1
+        await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started), failed
+
+
+async def streams(target: Target, count: int, chunks: int, delay: float) -> tuple[list[Timing], int]:
+    extra = {"x-mock-chunks": str(chunks), "x-mock-chunk-delay": str(delay)}
+
+    async def one() -> Timing | None:
+        connection = Connection(target.host, target.port)
+        try:
+            timing = await connection.request(
+                "POST", f"{target.prefix}/chat/completions", target.headers(extra), STREAM
+            )
+            return timing if timing.status == 200 else None
+        except (OSError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            await connection.close()
+
+    results = await asyncio.gather(*(one() for _ in range(count)))
+    ok = [r for r in results if r is not None]
+    return ok, count - len(ok)
+
+
+async def ttfb(target: Target, count: int) -> list[float]:
+    connection = Connection(target.host, target.port)
+    extra = {"x-mock-chunks": "3", "x-mock-chunk-delay": "0.02"}
+    found = []
+    for _ in range(count):
+        timing = await connection.request("POST", f"{target.prefix}/chat/completions", target.headers(extra), STREAM)
+        assert timing.status == 200, timing
+        found.append(timing.first_byte * 1000)
+    await connection.close()
+    return found
+
+
+# --- processes ------------------------------------------------------------------------------------------------------
+class RssSampler(threading.Thread):
+    """Peak of the summed RSS of a process and its children."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kib, self.running = pid, 0, True
+
+    def run(self) -> None:
+        while self.running:
+            total = sum(_rss_kib(p) for p in [self.pid, *child_pids(self.pid)])
+            self.peak_kib = max(self.peak_kib, total)
+            time.sleep(0.1)
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def database(bench_id: str) -> tuple[str, callable]:
+    """A fresh database URL, and how to drop it afterwards."""
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        parts = urlsplit(url)
+        name = f"{parts.path.lstrip('/') or 'llmproxy'}_bench"
+        admin = parts._replace(path="/postgres").geturl().replace("postgres://", "postgresql://", 1)
+
+        def run(sql: str) -> None:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(sql)
+
+        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        run(f'CREATE DATABASE "{name}"')
+        return parts._replace(path=f"/{name}").geturl(), lambda: run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    path = BASE_DIR / "data" / f"bench-{bench_id}.sqlite3"
+
+    def remove() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    remove()
+    return f"sqlite:///{path}", remove
+
+
+def seed(env: dict) -> str:
+    """Migrate, then create a project and an unlimited token; the token's plaintext."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
+    code = (
+        "from datetime import timedelta\n"
+        "from llmproxy.audit import Actor\n"
+        "from projects.services import project_create\n"
+        "from tokens.services import token_generate\n"
+        "actor = Actor.cli('bench')\n"
+        f"project = project_create(name='Bench', api_key='{UPSTREAM_KEY}', actor=actor)\n"
+        "print(token_generate(project=project, duration=timedelta(hours=2), actor=actor).plaintext)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=BASE_DIR,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not listen on {port} within {timeout} s")
+
+
+# --- the run ----------------------------------------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(direct: Target, proxied: Target, args) -> dict:
+    figures: dict = {}
+    # warm both paths (connections, imports, caches) before measuring
+    await latency(direct, 50, 50)
+    await latency(proxied, 50, 50)
+
+    d, p = await latency(direct, args.requests, 100), await latency(proxied, args.requests, 100)
+    figures["latency"] = {
+        "direct_p50": statistics.median(d),
+        "proxied_p50": statistics.median(p),
+        "direct_p99": percentile(d, 0.99),
+        "proxied_p99": percentile(p, 0.99),
+    }
+
+    direct_rps, direct_failed = await throughput(direct, 32, args.seconds)
+    proxied_rps, proxied_failed = await throughput(proxied, 32, args.seconds)
+    figures["throughput"] = {"direct": direct_rps, "proxied": proxied_rps, "failed": direct_failed + proxied_failed}
+
+    figures["ttfb"] = {
+        "direct": statistics.median(await ttfb(direct, 30)),
+        "proxied": statistics.median(await ttfb(proxied, 30)),
+    }
+
+    chunks, delay = 30, 0.1  # 3 seconds per stream
+    direct_ok, direct_failed = await streams(direct, args.streams, chunks, delay)
+    proxied_ok, proxied_failed = await streams(proxied, args.streams, chunks, delay)
+    figures["streams"] = {
+        "count": args.streams,
+        "direct_failed": direct_failed,
+        "proxied_failed": proxied_failed,
+        "direct_mean": statistics.mean(t.total for t in direct_ok) if direct_ok else float("nan"),
+        "proxied_mean": statistics.mean(t.total for t in proxied_ok) if proxied_ok else float("nan"),
+        "direct_max": max((t.total for t in direct_ok), default=float("nan")),
+        "proxied_max": max((t.total for t in proxied_ok), default=float("nan")),
+    }
+    return figures
+
+
+def report(figures: dict, engine: str, workers: int, rss_kib: int) -> None:
+    lat, thr, tt, st = figures["latency"], figures["throughput"], figures["ttfb"], figures["streams"]
+    added_p50 = lat["proxied_p50"] - lat["direct_p50"]
+    added_p99 = lat["proxied_p99"] - lat["direct_p99"]
+    ratio = thr["proxied"] / thr["direct"]
+    stream_ratio = st["proxied_mean"] / st["direct_mean"]
+
+    def verdict(ok: bool) -> str:
+        return "meets target" if ok else "MISSES target"
+
+    print(f"\nLLM Proxy benchmark — {engine}, {workers} uvicorn workers, {os.cpu_count()} CPUs")
+    print(f"  latency c=1   direct p50 {lat['direct_p50']:.2f} ms  p99 {lat['direct_p99']:.2f} ms")
+    print(f"                proxied p50 {lat['proxied_p50']:.2f} ms  p99 {lat['proxied_p99']:.2f} ms")
+    print(
+        f"                added p50 {added_p50:.2f} ms ({lat['proxied_p50'] / lat['direct_p50']:.2f}x), "
+        f"added p99 {added_p99:.2f} ms ({lat['proxied_p99'] / lat['direct_p99']:.2f}x)   "
+        f"[target: added p50 <= {TARGETS['added_p50_ms']} ms: {verdict(added_p50 <= TARGETS['added_p50_ms'])}]"
+    )
+    print(
+        f"  throughput c=32  direct {thr['direct']:.0f} req/s, proxied {thr['proxied']:.0f} req/s "
+        f"= {ratio:.1%} of direct, {thr['failed']} failed   "
+        f"[target >= {TARGETS['throughput_ratio']:.0%}: {verdict(ratio >= TARGETS['throughput_ratio'])}]"
+    )
+    print(
+        f"  stream TTFB  direct {tt['direct']:.2f} ms, proxied {tt['proxied']:.2f} ms "
+        f"({tt['proxied'] / tt['direct']:.2f}x, +{tt['proxied'] - tt['direct']:.2f} ms)"
+    )
+    print(
+        f"  {st['count']} concurrent 3 s streams  failures direct {st['direct_failed']}, proxied "
+        f"{st['proxied_failed']}; mean {st['direct_mean']:.3f} s direct, {st['proxied_mean']:.3f} s proxied "
+        f"({stream_ratio:.3f}x); max {st['direct_max']:.3f} s / {st['proxied_max']:.3f} s   "
+        f"[target 0 failures, <= {TARGETS['stream_ratio']}x: "
+        f"{verdict(st['proxied_failed'] == 0 and stream_ratio <= TARGETS['stream_ratio'])}]"
+    )
+    print(f"  server peak RSS  {rss_kib / 1024:.0f} MiB (gunicorn master + {workers} workers)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per latency series")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    parser.add_argument("--streams", type=int, default=200)
+    args = parser.parse_args()
+
+    from cryptography.fernet import Fernet
+
+    bench_id = str(os.getpid())
+    db_url, drop_database = database(bench_id)
+    mock_port, server_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-" + os.urandom(24).hex(),
+        "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "DATABASE_URL": db_url,
+        "UPSTREAM_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
+        "BIND": f"127.0.0.1:{server_port}",
+        "WEB_CONCURRENCY": str(args.workers),
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_LOG": "",
+    }
+    processes: list[subprocess.Popen] = []
+    sampler = None
+    try:
+        token = seed(env)
+        mock = subprocess.Popen(
+            [sys.executable, "tests/mock_upstream.py", "--port", str(mock_port)],
+            cwd=BASE_DIR,
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(mock)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "llmproxy.asgi:application"],
+            cwd=BASE_DIR,
+            env=env,
+        )
+        processes.append(server)
+        wait_for_port(mock_port, mock, "the mock upstream")
+        wait_for_port(server_port, server, "the server")
+        time.sleep(1.5)  # let every worker finish booting
+        sampler = RssSampler(server.pid)
+        sampler.start()
+
+        direct = Target("direct", "127.0.0.1", mock_port, "/v1", f"Bearer {UPSTREAM_KEY}")
+        proxied = Target("proxied", "127.0.0.1", server_port, "/v1", f"Bearer {token}")
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        figures = runner(measure(direct, proxied, args))
+        sampler.running = False
+        engine = "PostgreSQL" if db_url.startswith("postgres") else "SQLite"
+        report(figures, engine, args.workers, sampler.peak_kib)
+    finally:
+        if sampler is not None:
+            sampler.running = False
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        drop_database()
+
+
+if __name__ == "__main__":
+    main()
