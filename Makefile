@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lint format bench clean
+.PHONY: run test setup lint format bench bench-admin clean
 
 run: setup
 	$(PY) manage.py migrate --noinput
@@ -37,6 +37,9 @@ format: setup
 
 bench: setup
 	$(PY) bench/proxy_bench.py
+
+bench-admin: setup
+	$(PY) bench/admin_bench.py
 
 clean:
 	rm -rf $(VENV) data/static data/test*.sqlite3

@@ -1,0 +1,175 @@
+import random
+import uuid
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from llmproxy.models import SecurityEvent, SecurityEventKind, SecurityEventReason
+from projects import crypto
+from projects.models import Project
+from proxy.models import UsageRecord
+from proxy.usage import add_to_daily
+from tokens import secret
+from tokens.models import Token
+
+MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "gpt-4.1", "o4-mini"]
+PATHS = ["/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/models"]
+STATUSES = [200] * 90 + [400, 401, 401, 403, 429, 429, 500, 502, 504, 413]
+USAGE_COLUMNS = [
+    "time", "project_id", "token_id", "token_prefix", "method", "path", "model", "status", "streamed",
+    "prompt_tokens", "completion_tokens", "total_tokens", "duration_ms", "ttfb_ms", "upstream_ms", "client_ip",
+    "request_id", "refusal_code", "client_aborted",
+]  # fmt: skip
+
+
+class Command(BaseCommand):
+    help = (
+        "Fill an EMPTY database with synthetic load data (projects, tokens, usage records, their per-day sums and "
+        "security events), to measure the admin at scale. Refuses to touch a database that already has projects."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--projects", type=int, default=1_000)
+        parser.add_argument("--tokens", type=int, default=100_000)
+        parser.add_argument("--usage", type=int, default=2_000_000)
+        parser.add_argument("--days", type=int, default=60, help="spread the usage over this many past days")
+        parser.add_argument("--seed", type=int, default=1)
+
+    def handle(self, *args, projects: int, tokens: int, usage: int, days: int, seed: int, **options):
+        if Project.objects.exists():
+            raise CommandError("the database already has projects; seed_scale_data only fills an empty database")
+        if min(projects, tokens, days) < 1 or usage < 0:
+            raise CommandError("--projects, --tokens and --days must be at least 1, --usage at least 0")
+        rng = random.Random(seed)
+        now = timezone.now()
+        project_ids = self._projects(projects, now, rng)
+        token_rows = self._tokens(tokens, project_ids, now, rng)
+        self._usage(usage, token_rows, days, now, rng)
+        self._security_events(token_rows, now, rng)
+        self.stdout.write(f"Seeded {projects} projects, {tokens} tokens, {usage} usage records.")
+
+    def _projects(self, count: int, now, rng: random.Random) -> list[uuid.UUID]:
+        ciphertext = crypto.encrypt("sk-load-test-" + "x" * 40)
+        rows = [
+            Project(
+                name=f"Load project {i:05d}",
+                api_key_ciphertext=ciphertext,
+                api_key_updated_at=now,
+                is_active=rng.random() > 0.1,
+            )
+            for i in range(count)
+        ]
+        Project.objects.bulk_create(rows, batch_size=1000)
+        self.stdout.write(f"  {count} projects")
+        return [p.pk for p in rows]
+
+    def _tokens(self, count: int, project_ids: list, now, rng: random.Random) -> list[tuple]:
+        made: list[tuple] = []
+        batch: list[Token] = []
+        for i in range(count):
+            plaintext = secret.generate()
+            kind = rng.random()
+            expires = (
+                now + timedelta(hours=rng.randint(1, 720)) if kind < 0.8 else now - timedelta(hours=rng.randint(1, 720))
+            )
+            limit = rng.choice([None, None, 100, 1000, 10_000])
+            token = Token(
+                project_id=rng.choice(project_ids),
+                label=f"client-{i}",
+                digest=secret.digest(plaintext),
+                prefix=secret.display_prefix(plaintext),
+                expires_at=expires,
+                max_requests=limit,
+                request_count=rng.randint(0, limit or 5000),
+                last_used_at=now - timedelta(minutes=rng.randint(0, 60 * 24 * 30)),
+                revoked_at=now - timedelta(hours=1) if 0.7 < kind < 0.8 else None,
+                created_by_label="seed_scale_data",
+            )
+            batch.append(token)
+            made.append((token.pk, token.project_id, token.prefix))
+            if len(batch) == 5000:
+                Token.objects.bulk_create(batch)
+                batch = []
+        Token.objects.bulk_create(batch)
+        self.stdout.write(f"  {count} tokens")
+        return made
+
+    def _usage(self, count: int, token_rows: list[tuple], days: int, now, rng: random.Random) -> None:
+        span = days * 86_400
+        written = 0
+        while written < count:
+            size = min(20_000, count - written)
+            rows = [self._usage_row(rng.choice(token_rows), now - timedelta(seconds=rng.uniform(0, span)), rng)
+                    for _ in range(size)]  # fmt: skip
+            with transaction.atomic():
+                self._insert_usage(rows)
+                add_to_daily(rows)
+            written += size
+            if written % 200_000 == 0 or written == count:
+                self.stdout.write(f"  {written} usage records")
+
+    @staticmethod
+    def _usage_row(token: tuple, time, rng: random.Random) -> dict:
+        token_id, project_id, prefix = token
+        status = rng.choice(STATUSES)
+        prompt = rng.randint(5, 2000) if status == 200 else None
+        completion = rng.randint(1, 800) if status == 200 else None
+        duration = rng.uniform(80, 4000)
+        return {
+            "time": time,
+            "project_id": project_id,
+            "token_id": token_id,
+            "token_prefix": prefix,
+            "method": "POST",
+            "path": rng.choice(PATHS),
+            "model": rng.choice(MODELS),
+            "status": status,
+            "streamed": rng.random() < 0.4,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion if prompt is not None else None,
+            "duration_ms": duration,
+            "ttfb_ms": duration * 0.3,
+            "upstream_ms": duration * 0.95,
+            "client_ip": f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+            "request_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+            "refusal_code": "request_limit_reached" if status == 429 else "",
+            "client_aborted": False,
+        }
+
+    @staticmethod
+    def _insert_usage(rows: list[dict]) -> None:
+        if connection.vendor == "postgresql":
+            # COPY is an order of magnitude faster than INSERT for millions of rows.
+            table = connection.ops.quote_name(UsageRecord._meta.db_table)
+            fields = [
+                UsageRecord._meta.get_field(c[:-3] if c in ("project_id", "token_id") else c) for c in USAGE_COLUMNS
+            ]
+            columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+            with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in USAGE_COLUMNS])
+        else:
+            UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows], batch_size=2000)
+
+    @staticmethod
+    def _security_events(token_rows: list[tuple], now, rng: random.Random) -> None:
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        SecurityEvent.objects.bulk_create(
+            [
+                SecurityEvent(
+                    kind=SecurityEventKind.PROXY_AUTH_FAILED,
+                    reason=SecurityEventReason.UNKNOWN,
+                    client_ip=f"203.0.113.{i % 250 + 1}",
+                    token_prefix="sk-wt-zzzzzz",
+                    hour=hour - timedelta(hours=i),
+                    first_seen=hour - timedelta(hours=i),
+                    last_seen=hour - timedelta(hours=i) + timedelta(minutes=30),
+                    count=rng.randint(1, 500),
+                )
+                for i in range(5000)
+            ],
+            batch_size=1000,
+        )
