@@ -1,0 +1,127 @@
+"""`{% usage_chart series %}`: requests and errors per day as an inline SVG bar chart, drawn on the server.
+
+No script and no network. A title and a description (named by `aria-labelledby`), a tooltip per day and a data
+table make it readable without seeing the bars.
+"""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Protocol
+
+from django import template
+from django.utils import formats
+
+register = template.Library()
+
+WIDTH, HEIGHT = 720, 200
+LEFT, RIGHT, TOP, BOTTOM = 52, 8, 14, 30  # room for the value axis on the left and the dates below
+
+
+class Day(Protocol):
+    day: date
+    requests: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class Bar:
+    day: Day
+    label: str
+    x: str
+    slot_x: str
+    width: str
+    slot_width: str
+    requests_y: str
+    requests_height: str
+    errors_y: str
+    errors_height: str
+
+
+def nice_ceiling(value: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, … that is at least `value`: a round top for the value axis."""
+    step = 1
+    while True:
+        for factor in (1, 2, 5):
+            if step * factor >= value:
+                return step * factor
+        step *= 10
+
+
+def _n(value: float) -> str:
+    """An SVG coordinate: a plain dot decimal whatever the locale (templates would localise a float)."""
+    return f"{value:.2f}"
+
+
+def _day(day: date) -> str:
+    return formats.date_format(day, "j M")
+
+
+@register.inclusion_tag("admin/includes/usage_chart.html")
+def usage_chart(series: Sequence[Day], title: str = "Requests and errors per day") -> dict:
+    days = list(series)
+    total_requests = sum(d.requests for d in days)
+    total_errors = sum(d.errors for d in days)
+    context = {"title": title, "days": days, "total_requests": total_requests, "total_errors": total_errors}
+    if not total_requests and not total_errors:
+        return {**context, "empty": True}
+
+    top = nice_ceiling(max(max(d.requests, d.errors) for d in days))
+    plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    baseline = TOP + plot_height
+    slot = plot_width / len(days)
+    bar_width = max(slot * 0.7, 1.0)
+    bars = []
+    for index, day in enumerate(days):
+        requests_height = day.requests / top * plot_height
+        errors_height = day.errors / top * plot_height
+        errors = f", {day.errors} error{'s' if day.errors != 1 else ''}" if day.errors else ", no errors"
+        bars.append(
+            Bar(
+                day=day,
+                label=f"{formats.date_format(day.day, 'D j M Y')}: {day.requests} "
+                f"request{'s' if day.requests != 1 else ''}{errors}",
+                x=_n(LEFT + index * slot + (slot - bar_width) / 2),
+                slot_x=_n(LEFT + index * slot),
+                width=_n(bar_width),
+                slot_width=_n(slot),
+                requests_y=_n(baseline - requests_height),
+                requests_height=_n(requests_height),
+                errors_y=_n(baseline - errors_height),
+                errors_height=_n(errors_height) if day.errors else "",
+            )
+        )
+    # Dates under the first, middle and last day.
+    positions = sorted({0, len(days) // 2, len(days) - 1})
+    anchors = {0: "start", len(days) - 1: "end"}
+    date_labels = [
+        {
+            "x": _n(LEFT + index * slot + (0 if index == 0 else slot if index == len(days) - 1 else slot / 2)),
+            "text": _day(days[index].day),
+            "anchor": anchors.get(index, "middle"),
+        }
+        for index in positions
+    ]
+    busiest = max(days, key=lambda d: d.requests)
+    return {
+        **context,
+        "empty": False,
+        "id": f"chart-{uuid.uuid4().hex[:8]}",
+        "width": WIDTH,
+        "height": HEIGHT,
+        "top": top,
+        "left": LEFT,
+        "right": WIDTH - RIGHT,
+        "top_y": TOP,
+        "baseline": baseline,
+        "plot_height": plot_height,
+        "label_x": LEFT - 6,
+        "date_y": baseline + 18,
+        "bars": bars,
+        "date_labels": date_labels,
+        "description": (
+            f"{_day(days[0].day)} to {_day(days[-1].day)}: {total_requests} requests, {total_errors} errors. "
+            f"Busiest day {_day(busiest.day)} with {busiest.requests} requests."
+        ),
+    }
