@@ -10,11 +10,14 @@ class LLMProxyAdminSite(admin.AdminSite):
     site_title = "LLM Proxy admin"
     index_title = "Dashboard"
     recent_activity_size = 10
+    usage_days = 14
 
     def index(self, request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
-        """The dashboard: projects and tokens at a glance, recent activity, quick actions, then the app list."""
+        """The dashboard: projects and tokens at a glance, usage of the last days, recent activity, quick actions,
+        then the app list."""
         # Imported here: this module is loaded while the app registry is still being populated.
         from projects.selectors import project_counts
+        from proxy.selectors import busiest_projects, busiest_tokens, usage_daily
         from tokens.selectors import token_counts
 
         from .selectors import audit_recent_entries
@@ -23,6 +26,11 @@ class LLMProxyAdminSite(admin.AdminSite):
             "project_counts": project_counts(),
             "token_counts": token_counts(),
             "recent_activity": audit_recent_entries(self.recent_activity_size),
+            "usage": {
+                "daily": usage_daily(days=self.usage_days),
+                "busiest_projects": busiest_projects(days=self.usage_days),
+                "busiest_tokens": busiest_tokens(days=self.usage_days),
+            },
             **(extra_context or {}),
         }
         return super().index(request, context)

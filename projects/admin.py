@@ -19,6 +19,7 @@ from django.utils.html import format_html
 
 from llmproxy.admin_history import AuditHistoryMixin
 from llmproxy.audit import Actor
+from proxy.admin import usage_panel
 from tokens.selectors import project_minting_keys, project_token_summary, project_unrevoked_token_count
 from tokens.services import project_tokens_revoke
 
@@ -200,6 +201,7 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
             can_generate_token=request.user.has_perm("tokens.add_token"),
             all_tokens_query=f"?project__id__exact={project.pk}",
             generate_token_query=f"?project={project.pk}",
+            usage=usage_panel(request, project=project),
             **(extra_context or {}),
         )
         return TemplateResponse(request, self.detail_template, context)

@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString
 
 from llmproxy.admin_history import AuditHistoryMixin
 from llmproxy.audit import Actor
+from proxy.admin import usage_panel
 
 from .forms import TokenGenerateForm, TokenLimitForm
 from .models import Token, TokenStatus
@@ -301,6 +302,7 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
             original=token,
             status_badge=status_badge(token),
             has_change_permission=self.has_change_permission(request, token),
+            usage=usage_panel(request, token=token),
         )
         return TemplateResponse(request, "admin/tokens/token/detail.html", context)
 

@@ -1,0 +1,458 @@
+"""The request log: every proxied request, read-only, filterable, exportable as CSV; fast at millions of rows.
+
+Nothing here counts the table: the list reads one page at a time and only knows whether another follows, filters
+take typed input instead of listing every token, and the CSV export streams the filtered rows in chunks.
+"""
+
+import csv
+from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import date, datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters, ShowFacets
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
+from django.core.exceptions import PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
+from django.core.paginator import Paginator
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.urls import path, reverse
+from django.utils import formats, timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from projects.models import Project
+from tokens.models import Token
+from tokens.selectors import token_search_filter
+
+from .models import UsageRecord
+from .selectors import recent_requests, top_models, usage_daily, usage_totals
+
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+STATUS_BADGES = {2: "badge-success", 3: "badge-muted", 4: "badge-warning", 5: "badge-danger"}
+
+
+def status_badge(record: UsageRecord) -> SafeString:
+    """The status, coloured by its class (badge classes from templates/admin/base_site.html)."""
+    css = STATUS_BADGES.get(record.status // 100, "badge-muted")
+    return format_html('<span class="badge {} status-{}xx">{}</span>', css, record.status // 100, record.status)
+
+
+class LookaheadPaginator(Paginator):
+    """Never counts: it reads the page asked for plus one row, which tells whether another page follows.
+
+    A COUNT, even a capped one, scans every row a rare filter skips; this costs one page read at any table size.
+    `count` is what it has seen (the rows before this page, this page's, one more if any), so the page after the
+    current one is the last it knows of.
+    """
+
+    def __init__(self, object_list, per_page: int, *, page_number: int, **kwargs) -> None:
+        super().__init__(object_list, per_page, **kwargs)
+        self.page_number = max(page_number, 1)
+        self.offset = (self.page_number - 1) * self.per_page
+
+    @cached_property
+    def rows(self) -> list:
+        return list(self.object_list[self.offset : self.offset + self.per_page + 1])
+
+    @cached_property
+    def count(self) -> int:
+        return self.offset + len(self.rows)
+
+    def page(self, number):
+        number = self.validate_number(number)
+        if number == self.page_number:
+            return self._get_page(self.rows[: self.per_page], number, self)
+        return super().page(number)
+
+
+class RequestLogChangeList(ChangeList):
+    """Django's list, with the rows the paginator read reused, and links to the previous and next pages."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        paginator = self.paginator
+        if not self.multi_page and paginator.page_number == 1:
+            self.result_list = paginator.rows  # Django would run the same query again
+        shown = len(paginator.rows[: self.list_per_page])
+        self.first_row, self.last_row = (paginator.offset + 1, paginator.offset + shown) if shown else (0, 0)
+        self.previous_url = self.get_query_string({PAGE_VAR: self.page_num - 1}) if self.page_num > 1 else None
+        has_next = len(paginator.rows) > self.list_per_page
+        self.next_url = self.get_query_string({PAGE_VAR: self.page_num + 1}) if has_next else None
+
+
+class InputFilter(admin.ListFilter):
+    """A filter the operator types into (a small GET form keeping the other filters), for values too many to list."""
+
+    template = "admin/proxy/usagerecord/input_filter.html"
+    parameters: tuple[str, ...] = ()
+
+    def __init__(self, request: HttpRequest, params: dict, model, model_admin) -> None:
+        super().__init__(request, params, model, model_admin)
+        for name in self.parameters:
+            if name in params:
+                value = params.pop(name)[-1].strip()
+                if value:
+                    self.used_parameters[name] = value
+        self.hidden_params: list[tuple[str, str]] = []
+
+    def has_output(self) -> bool:
+        return True
+
+    def expected_parameters(self) -> list[str]:
+        return list(self.parameters)
+
+    def choices(self, changelist) -> Iterator[dict]:
+        """Links (presets, "All"); also notes which other parameters the form must carry along."""
+        self.hidden_params = [
+            (name, value)
+            for name, values in changelist.filter_params.items()
+            if name not in self.parameters
+            for value in values
+        ]
+        yield {
+            "selected": not self.used_parameters,
+            "query_string": changelist.get_query_string(remove=list(self.parameters)),
+            "display": "All",
+        }
+
+
+class TokenFilter(InputFilter):
+    """By token ID or display prefix (`sk-wt-…`): a list of 100,000 tokens would help no one."""
+
+    title = "token"
+    parameters = ("token",)
+    placeholder = "Token ID or sk-wt-… prefix"
+
+    @property
+    def value(self) -> str:
+        return self.used_parameters.get("token", "")
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        if not self.value:
+            return queryset
+        return queryset.filter(token_id__in=Token.objects.filter(token_search_filter(self.value)).values("pk"))
+
+
+class TimeRangeFilter(InputFilter):
+    """Presets (today, 7 and 30 days) plus a custom range of dates, both ends included, in the site's time zone."""
+
+    title = "time"
+    parameters = ("since", "until")
+    template = "admin/proxy/usagerecord/time_filter.html"
+    presets = (("Today", 0), ("Past 7 days", 6), ("Past 30 days", 29))
+
+    def __init__(self, request: HttpRequest, params: dict, model, model_admin) -> None:
+        super().__init__(request, params, model, model_admin)
+        try:
+            self.since = self._date("since")
+            self.until = self._date("until")
+        except ValueError as error:
+            raise IncorrectLookupParameters(error) from error
+
+    def _date(self, name: str) -> date | None:
+        value = self.used_parameters.get(name)
+        return date.fromisoformat(value) if value else None
+
+    @staticmethod
+    def _start_of(day: date) -> datetime:
+        return timezone.make_aware(datetime.combine(day, datetime.min.time()))
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        if self.since:
+            queryset = queryset.filter(time__gte=self._start_of(self.since))
+        if self.until:
+            queryset = queryset.filter(time__lt=self._start_of(self.until + timedelta(days=1)))
+        return queryset
+
+    def choices(self, changelist) -> Iterator[dict]:
+        yield from super().choices(changelist)
+        today = timezone.localdate()
+        for label, days_back in self.presets:
+            since = (today - timedelta(days=days_back)).isoformat()
+            yield {
+                "selected": self.used_parameters == {"since": since},
+                "query_string": changelist.get_query_string({"since": since}, remove=list(self.parameters)),
+                "display": label,
+            }
+
+
+class StatusClassFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status_class"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(c, c) for c in STATUS_CLASSES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        if self.value() in STATUS_CLASSES:
+            low = int(self.value()[0]) * 100
+            return queryset.filter(status__gte=low, status__lt=low + 100)
+        return queryset
+
+
+class ModelFilter(admin.SimpleListFilter):
+    """The models named by the latest requests (a bounded look, not a DISTINCT over millions of rows)."""
+
+    title = "model"
+    parameter_name = "model"
+    recent_window = 10_000
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        latest = UsageRecord.objects.order_by("-time").values("pk")[: self.recent_window]
+        names = set(
+            UsageRecord.objects.filter(pk__in=latest)
+            .exclude(model="")
+            .order_by()
+            .values_list("model", flat=True)
+            .distinct()
+        )
+        if self.value():
+            names.add(self.value())
+        return [(name, name) for name in sorted(names)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        return queryset.filter(model=self.value()) if self.value() else queryset
+
+
+class _Echo:
+    """What csv.writer writes to: hands each line back instead of buffering it."""
+
+    def write(self, line: str) -> str:
+        return line
+
+
+# (CSV column, what it reads): plain values, not model instances, so a million rows export in seconds.
+CSV_COLUMNS = [
+    ("time", "time"),
+    ("request_id", "request_id"),
+    ("project_id", "project_id"),
+    ("project", "project__name"),
+    ("token_id", "token_id"),
+    ("token_prefix", "token_prefix"),
+    ("token_label", "token__label"),
+    ("method", "method"),
+    ("path", "path"),
+    ("model", "model"),
+    ("status", "status"),
+    ("streamed", "streamed"),
+    ("prompt_tokens", "prompt_tokens"),
+    ("completion_tokens", "completion_tokens"),
+    ("total_tokens", "total_tokens"),
+    ("duration_ms", "duration_ms"),
+    ("ttfb_ms", "ttfb_ms"),
+    ("upstream_ms", "upstream_ms"),
+    ("client_ip", "client_ip"),
+    ("refusal_code", "refusal_code"),
+    ("client_aborted", "client_aborted"),
+]
+
+
+def _rows_in_chunks(records: QuerySet[UsageRecord], fields: list[str], chunk_size: int) -> Iterator[list[tuple]]:
+    """The rows, a chunk at a time, each chunk one short query resuming after the last row seen (by time, then id).
+
+    Unlike a cursor, nothing stays open between chunks (PostgreSQL would copy a whole result out for a cursor that
+    outlives its transaction before sending a row), and each query starts where the time index left off.
+    """
+    ordering = records.query.order_by
+    if ordering and ordering[0] == "time":
+        order = ("time", "pk")
+
+        def after(time: datetime, pk: int) -> Q:
+            return Q(time__gte=time) & (Q(time__gt=time) | Q(pk__gt=pk))
+    else:
+        order = ("-time", "-pk")
+
+        def after(time: datetime, pk: int) -> Q:
+            return Q(time__lte=time) & (Q(time__lt=time) | Q(pk__lt=pk))
+
+    query = records.order_by(*order).values_list("time", "pk", *fields)
+    position = Q()
+    while chunk := list(query.filter(position)[:chunk_size]):
+        yield [row[2:] for row in chunk]
+        if len(chunk) < chunk_size:
+            return
+        position = after(*chunk[-1][:2])
+
+
+def csv_chunks(records: QuerySet[UsageRecord], chunk_size: int = 2000) -> Iterator[str]:
+    """The CSV text of every row, a chunk at a time: constant memory at any size."""
+    from tokens.admin import _csv_cell  # here: tokens.admin imports this module for its usage panel
+
+    writer = csv.writer(_Echo())
+    yield writer.writerow([column for column, _ in CSV_COLUMNS])
+    for rows in _rows_in_chunks(records, [field for _, field in CSV_COLUMNS], chunk_size):
+        yield "".join(writer.writerow([_csv_cell(value) for value in row]) for row in rows)
+
+
+async def _async_chunks(chunks: Iterator[str]) -> AsyncIterator[str]:
+    """For an ASGI server, which would otherwise read a synchronous iterator to its end before sending a byte."""
+    step = sync_to_async(next)
+    while (chunk := await step(chunks, None)) is not None:
+        yield chunk
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = [
+        "when",
+        "project_link",
+        "token_link",
+        "method",
+        "path",
+        "model",
+        "coloured_status",
+        "streamed",
+        "tokens_in_out",
+        "duration",
+        "ttfb",
+        "client_ip",
+        "request_id",
+        "outcome",
+    ]
+    list_display_links = ["when"]
+    list_filter = [
+        TimeRangeFilter,
+        "project",
+        TokenFilter,
+        StatusClassFilter,
+        ModelFilter,
+        "streamed",
+    ]
+    list_select_related = ["project", "token"]
+    search_fields = ["request_id"]  # shows the box; the match is exact, see get_search_results
+    search_help_text = "A request ID (exact), as sent back in the X-Request-ID header."
+    ordering = ["-time"]
+    sortable_by = ["when"]
+    list_per_page = 50
+    list_max_show_all = 0
+    show_full_result_count = False
+    show_facets = ShowFacets.NEVER
+    actions = None
+    view_on_site = False
+
+    # --- read-only -----------------------------------------------------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False
+
+    # --- list ------------------------------------------------------------------------------------------------
+
+    def get_changelist(self, request: HttpRequest, **kwargs) -> type[ChangeList]:
+        return RequestLogChangeList
+
+    def get_paginator(self, request: HttpRequest, queryset: QuerySet, per_page: int, **kwargs) -> LookaheadPaginator:
+        try:
+            page_number = int(request.GET.get(PAGE_VAR, 1))
+        except ValueError:
+            page_number = 1  # as Django's ChangeList reads it
+        return LookaheadPaginator(queryset, per_page, page_number=page_number, **kwargs)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        query = request.GET.copy()
+        query.pop("p", None)
+        query.pop("e", None)
+        export_url = reverse("admin:proxy_usagerecord_export")
+        context = {
+            "title": "Requests",
+            "export_url": f"{export_url}?{query.urlencode()}" if query else export_url,
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageRecord], search_term: str
+    ) -> tuple[QuerySet[UsageRecord], bool]:
+        term = search_term.strip()
+        return (queryset.filter(request_id=term) if term else queryset), False
+
+    @admin.display(description="Project")
+    def project_link(self, record: UsageRecord) -> SafeString | str:
+        if record.project is None:
+            return str(record.project_id or "—")
+        url = reverse("admin:projects_project_change", args=[record.project_id])
+        return format_html('<a href="{}">{}</a>', url, record.project.name)
+
+    @admin.display(description="Token")
+    def token_link(self, record: UsageRecord) -> SafeString | str:
+        if record.token is None:
+            return format_html("<code>{}…</code>", record.token_prefix) if record.token_prefix else "—"
+        url = reverse("admin:tokens_token_change", args=[record.token_id])
+        label = format_html(" {}", record.token.label) if record.token.label else ""
+        return format_html('<a href="{}"><code>{}…</code>{}</a>', url, record.token.prefix, label)
+
+    @admin.display(description="Time", ordering="time")
+    def when(self, record: UsageRecord) -> str:
+        return formats.date_format(timezone.localtime(record.time), "Y-m-d H:i:s")
+
+    @admin.display(description="Status")
+    def coloured_status(self, record: UsageRecord) -> SafeString:
+        return status_badge(record)
+
+    @admin.display(description="Tokens in / out")
+    def tokens_in_out(self, record: UsageRecord) -> str:
+        if record.prompt_tokens is None and record.completion_tokens is None:
+            return "—"
+        return f"{record.prompt_tokens if record.prompt_tokens is not None else '—'} / " + (
+            f"{record.completion_tokens if record.completion_tokens is not None else '—'}"
+        )
+
+    @admin.display(description="Duration ms")
+    def duration(self, record: UsageRecord) -> str:
+        return f"{record.duration_ms:.0f}"
+
+    @admin.display(description="TTFB ms")
+    def ttfb(self, record: UsageRecord) -> str:
+        return "—" if record.ttfb_ms is None else f"{record.ttfb_ms:.0f}"
+
+    @admin.display(description="Refusal / aborted")
+    def outcome(self, record: UsageRecord) -> str:
+        parts = [record.refusal_code] if record.refusal_code else []
+        if record.client_aborted:
+            parts.append("client aborted")
+        return ", ".join(parts) or "—"
+
+    # --- CSV export of the filtered set ----------------------------------------------------------------------
+
+    def get_urls(self) -> list:
+        export = path("export/", self.admin_site.admin_view(self.export_view), name="proxy_usagerecord_export")
+        return [export, *super().get_urls()]
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """Every row the list shows with the same filters and search, not just one page, streamed."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseRedirect(reverse("admin:proxy_usagerecord_changelist") + "?e=1")
+        chunks: Iterable[str] | AsyncIterator[str] = csv_chunks(changelist.queryset)
+        if isinstance(request, ASGIRequest):
+            chunks = _async_chunks(chunks)
+        response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response["Content-Disposition"] = f'attachment; filename="requests-{stamp}.csv"'
+        return response
+
+
+def usage_panel(request: HttpRequest, *, project: Project | None = None, token: Token | None = None) -> dict:
+    """What the usage panel of a project or token page shows (templates/admin/includes/usage_panel.html)."""
+    scope = {"project": project, "token": token}
+    query = f"?token={token.pk}" if token is not None else f"?project__id__exact={project.pk}"
+    return {
+        "totals": usage_totals(**scope),
+        "daily": usage_daily(**scope, days=30),
+        "top_models": top_models(**scope, days=30),
+        "recent": [(record, status_badge(record)) for record in recent_requests(**scope, limit=10)],
+        "show_token": token is None,
+        "can_view_log": request.user.has_perm("proxy.view_usagerecord"),
+        "all_requests_url": reverse("admin:proxy_usagerecord_changelist") + query,
+    }
