@@ -1,6 +1,9 @@
+import itertools
 import random
 import uuid
-from datetime import timedelta
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
@@ -17,11 +20,23 @@ from tokens.models import Token
 MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "gpt-4.1", "o4-mini"]
 PATHS = ["/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/models"]
 STATUSES = [200] * 90 + [400, 401, 401, 403, 429, 429, 500, 502, 504, 413]
+LIFETIMES_HOURS = [0.25, 1, 8, 24, 168, 720]
+LIFETIME_WEIGHTS = [50, 20, 15, 10, 4, 1]
 USAGE_COLUMNS = [
     "time", "project_id", "token_id", "token_prefix", "method", "path", "model", "status", "streamed",
     "prompt_tokens", "completion_tokens", "total_tokens", "duration_ms", "ttfb_ms", "upstream_ms", "client_ip",
     "request_id", "refusal_code", "client_aborted",
 ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SeedToken:
+    pk: uuid.UUID
+    project_id: uuid.UUID
+    prefix: str
+    start: datetime
+    seconds: float
+    model: str
 
 
 class Command(BaseCommand):
@@ -45,9 +60,9 @@ class Command(BaseCommand):
         rng = random.Random(seed)
         now = timezone.now()
         project_ids = self._projects(projects, now, rng)
-        token_rows = self._tokens(tokens, project_ids, now, rng)
-        self._usage(usage, token_rows, days, now, rng)
-        self._security_events(token_rows, now, rng)
+        seed_tokens = self._tokens(tokens, project_ids, days, now, rng)
+        self._usage(usage, seed_tokens, now, rng)
+        self._security_events(now, rng)
         self.stdout.write(f"Seeded {projects} projects, {tokens} tokens, {usage} usage records.")
 
     def _projects(self, count: int, now, rng: random.Random) -> list[uuid.UUID]:
@@ -65,30 +80,38 @@ class Command(BaseCommand):
         self.stdout.write(f"  {count} projects")
         return [p.pk for p in rows]
 
-    def _tokens(self, count: int, project_ids: list, now, rng: random.Random) -> list[tuple]:
-        made: list[tuple] = []
+    def _tokens(self, count: int, project_ids: list, days: int, now, rng: random.Random) -> list[SeedToken]:
+        """Tokens as the product hands them out: mostly short-lived (browser sessions, CI runs), a few long-lived;
+        each used within its own lifetime, mostly with one model, a few of them far more than the rest."""
+        project_weights = list(itertools.accumulate(rng.paretovariate(1.2) for _ in project_ids))
+        made: list[SeedToken] = []
         batch: list[Token] = []
         for i in range(count):
             plaintext = secret.generate()
-            kind = rng.random()
-            expires = (
-                now + timedelta(hours=rng.randint(1, 720)) if kind < 0.8 else now - timedelta(hours=rng.randint(1, 720))
-            )
+            lifetime = timedelta(hours=rng.choices(LIFETIMES_HOURS, LIFETIME_WEIGHTS)[0])
+            created = now - timedelta(seconds=rng.uniform(0, days * 86_400))
             limit = rng.choice([None, None, 100, 1000, 10_000])
             token = Token(
-                project_id=rng.choice(project_ids),
+                project_id=rng.choices(project_ids, cum_weights=project_weights)[0],
                 label=f"client-{i}",
                 digest=secret.digest(plaintext),
                 prefix=secret.display_prefix(plaintext),
-                expires_at=expires,
+                expires_at=created + lifetime,
                 max_requests=limit,
-                request_count=rng.randint(0, limit or 5000),
-                last_used_at=now - timedelta(minutes=rng.randint(0, 60 * 24 * 30)),
-                revoked_at=now - timedelta(hours=1) if 0.7 < kind < 0.8 else None,
+                revoked_at=created + lifetime / 2 if rng.random() < 0.05 else None,
                 created_by_label="seed_scale_data",
             )
             batch.append(token)
-            made.append((token.pk, token.project_id, token.prefix))
+            made.append(
+                SeedToken(
+                    pk=token.pk,
+                    project_id=token.project_id,
+                    prefix=token.prefix,
+                    start=created,
+                    seconds=max(min(created + lifetime, now) - created, timedelta(seconds=1)).total_seconds(),
+                    model=rng.choice(MODELS),
+                )
+            )
             if len(batch) == 5000:
                 Token.objects.bulk_create(batch)
                 batch = []
@@ -96,35 +119,46 @@ class Command(BaseCommand):
         self.stdout.write(f"  {count} tokens")
         return made
 
-    def _usage(self, count: int, token_rows: list[tuple], days: int, now, rng: random.Random) -> None:
-        span = days * 86_400
+    def _usage(self, count: int, tokens: list[SeedToken], now, rng: random.Random) -> None:
+        weights = list(itertools.accumulate(rng.paretovariate(1.1) for _ in tokens))
+        counts: Counter = Counter()
+        last_used: dict = {}
         written = 0
         while written < count:
             size = min(20_000, count - written)
-            rows = [self._usage_row(rng.choice(token_rows), now - timedelta(seconds=rng.uniform(0, span)), rng)
-                    for _ in range(size)]  # fmt: skip
+            rows = []
+            for token in rng.choices(tokens, cum_weights=weights, k=size):
+                time = token.start + timedelta(seconds=rng.uniform(0, token.seconds))
+                model = token.model if rng.random() < 0.9 else rng.choice(MODELS)
+                rows.append(self._usage_row(token, time, model, rng))
+                counts[token.pk] += 1
+                last_used[token.pk] = max(time, last_used.get(token.pk, time))
             with transaction.atomic():
                 self._insert_usage(rows)
                 add_to_daily(rows)
             written += size
             if written % 200_000 == 0 or written == count:
                 self.stdout.write(f"  {written} usage records")
+        Token.objects.bulk_update(
+            [Token(pk=pk, request_count=used, last_used_at=last_used[pk]) for pk, used in counts.items()],
+            ["request_count", "last_used_at"],
+            batch_size=2000,
+        )
 
     @staticmethod
-    def _usage_row(token: tuple, time, rng: random.Random) -> dict:
-        token_id, project_id, prefix = token
+    def _usage_row(token: SeedToken, time, model: str, rng: random.Random) -> dict:
         status = rng.choice(STATUSES)
         prompt = rng.randint(5, 2000) if status == 200 else None
         completion = rng.randint(1, 800) if status == 200 else None
         duration = rng.uniform(80, 4000)
         return {
             "time": time,
-            "project_id": project_id,
-            "token_id": token_id,
-            "token_prefix": prefix,
+            "project_id": token.project_id,
+            "token_id": token.pk,
+            "token_prefix": token.prefix,
             "method": "POST",
             "path": rng.choice(PATHS),
-            "model": rng.choice(MODELS),
+            "model": model,
             "status": status,
             "streamed": rng.random() < 0.4,
             "prompt_tokens": prompt,
@@ -155,7 +189,7 @@ class Command(BaseCommand):
             UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows], batch_size=2000)
 
     @staticmethod
-    def _security_events(token_rows: list[tuple], now, rng: random.Random) -> None:
+    def _security_events(now, rng: random.Random) -> None:
         hour = now.replace(minute=0, second=0, microsecond=0)
         SecurityEvent.objects.bulk_create(
             [
