@@ -420,6 +420,12 @@ class UsageRecordAdmin(admin.ModelAdmin):
             parts.append("client aborted")
         return ", ".join(parts) or "—"
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        """One request, every field, read-only."""
+        return super().change_view(request, object_id, form_url, {"title": "Request", **(extra_context or {})})
+
     # --- CSV export of the filtered set ----------------------------------------------------------------------
 
     def get_urls(self) -> list:

@@ -146,6 +146,8 @@ def test_request_log_is_read_only(admin_client, scene):
     text = detail.content.decode()
     assert detail.status_code == 200
     assert 'name="_save"' not in text and "deletelink" not in text
+    assert "<h1>Request</h1>" in text and f'<a href="{LOG}">Requests</a>' in text
+    assert f'href="{reverse("admin:tokens_token_change", args=[scene["alice"].pk])}"' in text
     for value in ["req-alpha-ok", "203.0.113.7", "gpt-4o", "/v1/chat/completions", "45.6", "Alpha"]:
         assert value in text
     assert admin_client.post(change, {"status": "500"}).status_code == 403
