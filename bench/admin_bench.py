@@ -10,6 +10,7 @@ Target: every page under 300 ms.
 """
 
 import argparse
+import datetime
 import os
 import statistics
 import sys
@@ -83,6 +84,7 @@ def main() -> None:
     project = Project.objects.order_by("name").first()
     token = Token.objects.filter(project=project).first() or Token.objects.first()
     record = UsageRecord.objects.order_by("-time").first()
+    week_ago = (datetime.date.today() - datetime.timedelta(days=6)).isoformat()
     pages = [
         ("dashboard", "/admin/"),
         ("projects list", "/admin/projects/project/"),
@@ -98,8 +100,11 @@ def main() -> None:
         ("token page", f"/admin/tokens/token/{token.pk}/change/"),
         ("request log", "/admin/proxy/usagerecord/"),
         ("request log of project", f"/admin/proxy/usagerecord/?project__id__exact={project.pk}"),
-        ("request log of token", f"/admin/proxy/usagerecord/?token__id__exact={token.pk}"),
+        ("request log of token", f"/admin/proxy/usagerecord/?token={token.pk}"),
         ("request log 5xx", "/admin/proxy/usagerecord/?status_class=5xx"),
+        ("request log 3xx (none)", "/admin/proxy/usagerecord/?status_class=3xx"),
+        ("request log of a model", "/admin/proxy/usagerecord/?model=gpt-4o"),
+        ("request log 7 days", f"/admin/proxy/usagerecord/?since={week_ago}"),
         ("request log by id", f"/admin/proxy/usagerecord/?q={record.request_id}"),
         ("request page", f"/admin/proxy/usagerecord/{record.pk}/change/"),
         ("security events", "/admin/llmproxy/securityevent/"),

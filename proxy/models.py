@@ -51,8 +51,12 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-time"]
+        verbose_name = "request"
         indexes = [
             models.Index(fields=["time"], name="usage_time"),
+            # The request log's status-class and model filters: a rare value is found without scanning the table.
+            models.Index(fields=["status", "time"], name="usage_status_time"),
+            models.Index(fields=["model", "time"], name="usage_model_time"),
             models.Index(fields=["project", "time"], name="usage_project_time"),
             models.Index(fields=["token", "time"], name="usage_token_time"),
         ]
