@@ -35,6 +35,10 @@ class Actor:
 
         return cls(via="cli", label=name or f"command line ({getpass.getuser()})")
 
+    def stamp(self, role: str) -> dict[str, Any]:
+        """`{role}_by` / `{role}_by_label` field values (see tokens.models.IssuedCredential)."""
+        return {f"{role}_by": self.user, f"{role}_by_label": "" if self.user else str(self)[:200]}
+
     def __str__(self) -> str:
         if self.user is not None:
             return self.user.get_username()

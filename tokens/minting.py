@@ -44,10 +44,6 @@ def _generate() -> str:
     return PREFIX + "".join(_secrets.choice(secret.ALPHABET) for _ in range(BODY_LENGTH))
 
 
-def _actor_fields(actor: Actor, role: str) -> dict:
-    return {f"{role}_by": actor.user, f"{role}_by_label": "" if actor.user else str(actor)[:200]}
-
-
 def minting_key_create(*, project: Project, name: str, actor: Actor) -> IssuedMintingKey:
     name = (name or "").strip()
     if not name:
@@ -61,7 +57,7 @@ def minting_key_create(*, project: Project, name: str, actor: Actor) -> IssuedMi
             name=name,
             digest=secret.digest(plaintext),
             prefix=plaintext[:DISPLAY_PREFIX_LENGTH],
-            **_actor_fields(actor, "created"),
+            **actor.stamp("created"),
         )
     return IssuedMintingKey(key=key, plaintext=plaintext)
 
@@ -73,7 +69,7 @@ def minting_key_revoke(*, key: MintingKey, actor: Actor) -> bool:
         if key.revoked_at is not None:
             return False
         key.revoked_at = timezone.now()
-        for field, value in _actor_fields(actor, "revoked").items():
+        for field, value in actor.stamp("revoked").items():
             setattr(key, field, value)
         key.save(update_fields=["revoked_at", "revoked_by", "revoked_by_label"])
     return True

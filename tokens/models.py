@@ -46,7 +46,33 @@ class TokenQuerySet(models.QuerySet):
         return self.with_status(TokenStatus.ACTIVE, now).filter(project__is_active=True)
 
 
-class Token(models.Model):
+class IssuedCredential(models.Model):
+    """Who created and who revoked a credential: a user, or a program's label (management token, command line)."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_label = models.CharField(max_length=200, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_by_label = models.CharField(max_length=200, blank=True, editable=False)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def created_by_display(self) -> str:
+        return self.created_by.get_username() if self.created_by else self.created_by_label
+
+    @property
+    def revoked_by_display(self) -> str:
+        return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label
+
+
+class Token(IssuedCredential):
     """A short-lived, revocable credential for one project. The secret itself is never stored."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -54,11 +80,6 @@ class Token(models.Model):
     label = models.CharField(max_length=200, blank=True, help_text="Who or what holds this token.")
     digest = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=20, db_index=True, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_by_label = models.CharField(max_length=200, blank=True, editable=False)
     expires_at = models.DateTimeField(db_index=True)
     max_requests = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Blank means unlimited.", verbose_name="request limit"
@@ -66,11 +87,6 @@ class Token(models.Model):
     request_count = models.PositiveBigIntegerField(default=0, editable=False)
     cache_hit_count = models.PositiveBigIntegerField(default=0, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    revoked_by_label = models.CharField(max_length=200, blank=True, editable=False)
 
     objects = TokenQuerySet.as_manager()
 
@@ -120,16 +136,8 @@ class Token(models.Model):
         """Upstream requests (`request_count`, which the limit counts) plus requests answered from cache."""
         return self.request_count + self.cache_hit_count
 
-    @property
-    def created_by_display(self) -> str:
-        return self.created_by.get_username() if self.created_by else self.created_by_label
 
-    @property
-    def revoked_by_display(self) -> str:
-        return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label
-
-
-class MintingKey(models.Model):
+class MintingKey(IssuedCredential):
     """A project-scoped credential for programs that mint their own tokens (management API, that project only).
 
     Like a token, the secret is shown once and stored only as a digest.
@@ -140,17 +148,7 @@ class MintingKey(models.Model):
     name = models.CharField(max_length=100, help_text="Which program holds this key, e.g. “web backend”.")
     digest = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=20, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_by_label = models.CharField(max_length=200, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    revoked_by_label = models.CharField(max_length=200, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -167,11 +165,3 @@ class MintingKey(models.Model):
     @property
     def status_label(self) -> str:
         return "Revoked" if self.is_revoked else "Active"
-
-    @property
-    def created_by_display(self) -> str:
-        return self.created_by.get_username() if self.created_by else self.created_by_label
-
-    @property
-    def revoked_by_display(self) -> str:
-        return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label

@@ -48,10 +48,6 @@ def normalize_max_requests(value: int | None) -> int | None:
     return value
 
 
-def _actor_fields(actor: Actor, role: str) -> dict:
-    return {f"{role}_by": actor.user, f"{role}_by_label": "" if actor.user else str(actor)[:200]}
-
-
 def token_generate(
     *,
     project: Project,
@@ -78,7 +74,7 @@ def token_generate(
             prefix=secret.display_prefix(plaintext),
             expires_at=timezone.now() + duration,
             max_requests=max_requests,
-            **_actor_fields(actor, "created"),
+            **actor.stamp("created"),
         )
     return IssuedToken(token=token, plaintext=plaintext)
 
@@ -91,7 +87,7 @@ def token_revoke(*, token: Token, actor: Actor) -> bool:
 def tokens_revoke(*, tokens, actor: Actor) -> int:
     """Revoke every not-yet-revoked token of a queryset in one UPDATE, and log each one. Returns how many."""
     now = timezone.now()
-    fields = _actor_fields(actor, "revoked")
+    fields = actor.stamp("revoked")
     with transaction.atomic():
         ids = list(tokens.filter(revoked_at__isnull=True).select_for_update().values_list("pk", flat=True))
         if not ids:
