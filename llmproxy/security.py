@@ -47,6 +47,7 @@ def record_security_event(
     token_prefix: str = "",
     username: str = "",
     detail: str = "",
+    count: int = 1,
 ) -> None:
     """Count one security event (one cheap statement; safe in a request thread; sync, so async code wraps it in
     `sync_to_async`).
@@ -59,10 +60,13 @@ def record_security_event(
       string is safe; defaults to the token's prefix.
     - `username`: the user name attempted (admin logins); `detail`: a short note. Both are truncated, and anything
       resembling a key or token in them is cut to its display prefix. Never pass a password.
+    - `count`: how many identical events this call counts (a writer that batches them counts them at once).
 
     A database failure is logged, not raised: a refusal must not turn into a server error.
     """
     kind = SecurityEventKind(kind)
+    if count < 1:
+        raise ValueError("count must be at least 1")
     reason = SecurityEventReason(reason).value if reason else ""
     project_id = project.pk if project is not None else None
     if token is not None:
@@ -86,6 +90,7 @@ def record_security_event(
     sql = _upsert_sql(connection.alias, f"secevent_identity_{identity}")
     meta = SecurityEvent._meta
     params = [meta.get_field(name).get_db_prep_save(values[name], connection) for name in UPSERT_FIELDS]
+    params.append(count)
     # Inside a caller's transaction a savepoint keeps a failure here from breaking that transaction.
     savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
@@ -117,9 +122,9 @@ def _upsert_sql(alias: str, identity: str) -> str:
     table, count, last_seen = qn(meta.db_table), col("count"), col("last_seen")
     return (
         f"INSERT INTO {table} ({', '.join(col(f) for f in UPSERT_FIELDS)}, {count}) "
-        f"VALUES ({', '.join(['%s'] * len(UPSERT_FIELDS))}, 1) "
+        f"VALUES ({', '.join(['%s'] * (len(UPSERT_FIELDS) + 1))}) "
         f"ON CONFLICT ({', '.join(col(f) for f in constraint.fields)}) WHERE {condition} "
-        f"DO UPDATE SET {count} = {table}.{count} + 1, "
+        f"DO UPDATE SET {count} = {table}.{count} + excluded.{count}, "
         f"{last_seen} = CASE WHEN excluded.{last_seen} > {table}.{last_seen} "
         f"THEN excluded.{last_seen} ELSE {table}.{last_seen} END, "
         f"{col('token_prefix')} = excluded.{col('token_prefix')}, {col('detail')} = excluded.{col('detail')}"
