@@ -20,7 +20,7 @@ from uuid import UUID
 from django.db import connection, connections, transaction
 from django.db.models.sql import Query
 
-from . import db
+from . import access_log, db, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -250,14 +250,34 @@ class UsageWriter:
                 running = False
                 batch = [r for r in batch if r is not None]
             if batch:
+                rows = [_row(record) for record in batch]  # here, not on a database thread
+                self._observe(rows)
                 # On the proxy's database threads and their connections (with SQLite, its one thread: the batch
                 # queues behind admissions instead of making them sleep on the database lock).
-                db.run_blocking(self._write, batch)
+                db.run_blocking(self._write, batch, rows)
 
-    def _write(self, batch: list[Record]) -> None:
+    @staticmethod
+    def _observe(rows: list[dict]) -> None:
+        """Metrics and the access log line of each request: in this thread, before the write, so a slow database
+        delays neither."""
+        try:
+            if stale := metrics.project_names.stale(row["project_id"] for row in rows):
+                db.run_blocking(metrics.project_names.load, stale)
+        except Exception:
+            logger.warning("could not read project names for the metrics", exc_info=True)
+        try:
+            for row in rows:
+                project = metrics.project_names.label(row["project_id"])
+                metrics.count(row, project)
+                access_log.log_request(row, project)
+        except Exception:
+            logger.exception("could not count or log a request")
+
+    def _write(self, batch: list[Record], rows: list[dict] | None = None) -> None:
         from .models import UsageRecord
 
-        rows = [_row(record) for record in batch]
+        if rows is None:
+            rows = [_row(record) for record in batch]
         try:
             with transaction.atomic():
                 UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows])
@@ -270,6 +290,7 @@ class UsageWriter:
                     self._write_one(row)
             else:
                 logger.exception("could not write a usage record")
+        record_security_events(batch)
 
     @staticmethod
     def _write_one(row: dict) -> None:
@@ -282,6 +303,55 @@ class UsageWriter:
         except Exception:
             logger.exception("could not write a usage record")
             connection.close()
+
+
+@cache
+def _security_events() -> dict[str, tuple[str, str]]:
+    """The refusals that are security events: (kind, reason) by refusal code."""
+    from llmproxy.models import SecurityEventKind as Kind
+    from llmproxy.models import SecurityEventReason as Reason
+
+    return {
+        "missing_token": (Kind.PROXY_AUTH_FAILED, Reason.MISSING),
+        "invalid_token_format": (Kind.PROXY_AUTH_FAILED, Reason.MALFORMED),
+        "invalid_token": (Kind.PROXY_AUTH_FAILED, Reason.UNKNOWN),
+        "token_revoked": (Kind.PROXY_AUTH_FAILED, Reason.REVOKED),
+        "token_expired": (Kind.PROXY_AUTH_FAILED, Reason.EXPIRED),
+        "project_inactive": (Kind.PROJECT_INACTIVE, ""),
+    }
+
+
+def record_security_events(batch: Iterable[Record]) -> None:
+    """Count the batch's refusals that are security events: identical ones by one upsert, in one transaction."""
+    from llmproxy.security import record_security_event
+    from projects.models import Project
+    from tokens.models import Token
+
+    kinds = _security_events()
+    events: dict[tuple, list] = {}  # identity -> [count, last token prefix seen]
+    for record in batch:
+        if (kind := kinds.get(record.refusal_code)) is not None:
+            identity = (*kind, record.client_ip, record.token_id, record.project_id)
+            event = events.setdefault(identity, [0, ""])
+            event[0] += 1
+            event[1] = record.token_prefix
+    if not events:
+        return
+    try:
+        with transaction.atomic():
+            for (kind, reason, client_ip, token_id, project_id), (count, prefix) in events.items():
+                record_security_event(
+                    kind=kind,
+                    reason=reason,
+                    client_ip=client_ip,
+                    token=Token(pk=token_id, project_id=project_id) if token_id else None,
+                    project=Project(pk=project_id) if project_id else None,
+                    token_prefix=prefix,
+                    count=count,
+                )
+    except Exception:
+        logger.exception("could not record the security events of a usage batch")
+        connection.close()
 
 
 def _row(record: Record) -> dict:
