@@ -1,6 +1,10 @@
 """gunicorn settings: uvicorn workers serving the ASGI app. Every value can be overridden from the environment."""
 
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -15,3 +19,62 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Trust X-Forwarded-* only from a proxy the operator names (default: none, so REMOTE_ADDR is the real peer).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# --- Logs: LOG_FORMAT=json makes gunicorn's own lines (and uvicorn's, which go through them) JSON like the app's.
+if os.environ.get("LOG_FORMAT", "plain").lower() == "json":
+    from proxy.access_log import JsonFormatter
+
+    logconfig_dict = {
+        "root": {"level": "INFO", "handlers": ["error_console"]},
+        "loggers": {
+            "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {
+                "level": "INFO",
+                "handlers": ["access"] if accesslog else [],
+                "propagate": False,
+            },
+        },
+        "handlers": {
+            "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr},
+            **(
+                {
+                    "access": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stdout}
+                    if accesslog == "-"
+                    else {"class": "logging.FileHandler", "formatter": "json", "filename": accesslog}
+                }
+                if accesslog
+                else {}
+            ),
+        },
+        "formatters": {"json": {"()": JsonFormatter}},
+    }
+
+
+# --- Prometheus metrics from every worker (proxy.metrics): each worker writes its values to files in
+# PROMETHEUS_MULTIPROC_DIR and /metrics adds them up. The directory must start empty (old files would add old counts).
+_created_metrics_dir: list[str] = []
+
+
+def on_starting(server) -> None:
+    """Before any worker starts: a fresh temporary directory when none is named, else the named one emptied."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink()
+    else:
+        directory = tempfile.mkdtemp(prefix="llmproxy-metrics-")
+        _created_metrics_dir.append(directory)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # inherited by the workers
+
+
+def child_exit(server, worker) -> None:
+    """A worker's gauges (streams in flight) stop counting when it exits; its counters stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    for directory in _created_metrics_dir:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -212,3 +212,27 @@ LOGGING = {
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
 if USAGE_RETENTION_DAYS < 1:
     refuse_to_start("USAGE_RETENTION_DAYS must be at least 1.")
+
+# --- Observability ---------------------------------------------------------------------------------------------
+# Prometheus metrics at /metrics (proxy.metrics): 404 when disabled; with METRICS_TOKEN set, only for
+# `Authorization: Bearer <METRICS_TOKEN>`. At most METRICS_MAX_MODELS distinct model label values per worker.
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_MAX_MODELS = env.int("METRICS_MAX_MODELS", default=100)
+# Log lines as plain text (default) or one JSON object per line; gunicorn.conf.py reads the same variable.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    refuse_to_start("LOG_FORMAT must be 'plain' or 'json'.")
+# One line per proxied request on the `proxy.access` logger, whatever LOG_LEVEL says.
+PROXY_ACCESS_LOG = env.bool("PROXY_ACCESS_LOG", default=True)
+LOGGING["formatters"] = {
+    "plain": {
+        "()": "proxy.access_log.TextFormatter",
+        "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+    },
+    "json": {"()": "proxy.access_log.JsonFormatter"},
+}
+LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT
+LOGGING["loggers"]["proxy.access"] = {"level": "INFO" if PROXY_ACCESS_LOG else "CRITICAL"}
+LOGGING["filters"] = {"proxied_request_warnings": {"()": "proxy.access_log.ProxiedRequestWarnings"}}
+LOGGING["loggers"]["django.request"] = {"filters": ["proxied_request_warnings"]}

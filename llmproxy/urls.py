@@ -3,12 +3,14 @@ from django.http import HttpResponseRedirect
 from django.urls import include, path
 
 from llmproxy import health
+from proxy.metrics import metrics_view
 
 urlpatterns = [
     path("", lambda request: HttpResponseRedirect("/admin/")),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("v1/", include("proxy.urls")),
     path("manage/", include("llmproxy.manage_api.urls")),
 ]

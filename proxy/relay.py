@@ -11,6 +11,7 @@ import time
 
 import httpx
 
+from . import metrics
 from .exchange import Exchange
 from .usage import StreamUsage
 
@@ -35,6 +36,8 @@ class Relay:
         self.json_tail: bytearray | None = bytearray() if content_type.startswith("application/json") else None
         self.first_byte_at: float | None = None
         self.finished = False
+        if stream_usage is not None:
+            metrics.STREAMS_IN_FLIGHT.inc()
 
     async def body(self):
         """The async iterator Django's StreamingHttpResponse sends."""
@@ -76,6 +79,8 @@ class Relay:
             return
         self.finished = True
         ended = time.perf_counter()
+        if self.stream_usage is not None:
+            metrics.STREAMS_IN_FLIGHT.dec()
         try:
             await self.upstream.aclose()
         finally:
