@@ -5,6 +5,8 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from auditlog.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from django.utils import timezone
@@ -41,8 +43,9 @@ class SeedToken:
 
 class Command(BaseCommand):
     help = (
-        "Fill an EMPTY database with synthetic load data (projects, tokens, usage records, their per-day sums and "
-        "security events), to measure the admin at scale. Refuses to touch a database that already has projects."
+        "Fill an EMPTY database with synthetic load data (projects, tokens, usage records, their per-day sums, "
+        "security events and audit entries), to measure the admin at scale. Refuses to touch a database that "
+        "already has projects."
     )
 
     def add_arguments(self, parser):
@@ -63,6 +66,7 @@ class Command(BaseCommand):
         seed_tokens = self._tokens(tokens, project_ids, days, now, rng)
         self._usage(usage, seed_tokens, now, rng)
         self._security_events(now, rng)
+        self._audit_entries()
         self.stdout.write(f"Seeded {projects} projects, {tokens} tokens, {usage} usage records.")
 
     def _projects(self, count: int, now, rng: random.Random) -> list[uuid.UUID]:
@@ -187,6 +191,28 @@ class Command(BaseCommand):
                     copy.write_row([row[c] for c in USAGE_COLUMNS])
         else:
             UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows], batch_size=2000)
+
+    @staticmethod
+    def _audit_entries() -> None:
+        """The audit trail the operators' token generation would have left: one entry per token."""
+        content_type = ContentType.objects.get_for_model(Token)
+        entries = (
+            LogEntry(
+                content_type=content_type,
+                object_pk=str(pk),
+                object_repr=f"{prefix}… ({label})",
+                action=LogEntry.Action.CREATE,
+                changes={"label": ["None", label]},
+                actor_email="seed_scale_data",
+                additional_data={"via": "cli"},
+                timestamp=created,
+            )
+            for pk, prefix, label, created in Token.objects.values_list(
+                "pk", "prefix", "label", "created_at"
+            ).iterator()
+        )
+        while batch := list(itertools.islice(entries, 5000)):
+            LogEntry.objects.bulk_create(batch)
 
     @staticmethod
     def _security_events(now, rng: random.Random) -> None:
