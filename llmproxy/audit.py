@@ -4,14 +4,17 @@ Services take an `Actor` and run their writes inside `audited(actor)`, so django
 the actor, its address and how it came in (admin, API, command line), in the same transaction as the change.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from auditlog.context import set_extra_data
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import Model
 from django.http import HttpRequest
+from django.utils import timezone
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,29 @@ def audited(actor: Actor) -> Iterator[None]:
         context["actor_email"] = str(actor)[:254]
     with set_extra_data(context_data=context):
         yield
+
+
+def log_updates(instances: Iterable[Model], actor: Actor, changes: dict[str, list[str]]) -> None:
+    """One audit entry per object for changes made without `save()` (a bulk UPDATE, which fires no signals)."""
+    from auditlog.models import LogEntry
+
+    now = timezone.now()
+    LogEntry.objects.bulk_create(
+        [
+            LogEntry(
+                content_type=ContentType.objects.get_for_model(instance),
+                object_pk=str(instance.pk),
+                object_repr=str(instance),
+                action=LogEntry.Action.UPDATE,
+                changes=changes,
+                changes_text="",
+                actor=actor.user,
+                actor_email=getattr(actor.user, "email", None) if actor.user else str(actor)[:254],
+                remote_addr=actor.remote_addr,
+                additional_data={"via": actor.via, **actor.extra},
+                timestamp=now,
+            )
+            for instance in instances
+        ],
+        batch_size=500,
+    )

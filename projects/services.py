@@ -2,13 +2,11 @@
 
 from dataclasses import dataclass
 
-from auditlog.models import LogEntry
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from llmproxy.audit import Actor, audited
+from llmproxy.audit import Actor, audited, log_updates
 
 from . import crypto
 from .models import Project
@@ -106,7 +104,6 @@ def project_keys_reencrypt(*, actor: Actor) -> KeyRotationReport:
     one audit entry; the ciphertext itself is never logged, and the key and `updated_at` do not change.
     """
     reencrypted, current, failed = 0, 0, []
-    content_type = ContentType.objects.get_for_model(Project)
     for project in Project.objects.order_by("name").iterator():
         if crypto.is_current(project.api_key_ciphertext):
             current += 1
@@ -122,16 +119,8 @@ def project_keys_reencrypt(*, actor: Actor) -> KeyRotationReport:
                 api_key_ciphertext=ciphertext
             )
             if changed:
-                LogEntry.objects.create(
-                    content_type=content_type,
-                    object_pk=str(project.pk),
-                    object_repr=str(project),
-                    action=LogEntry.Action.UPDATE,
-                    changes={"api_key_encryption": ["an older ENCRYPTION_KEYS entry", "the newest entry"]},
-                    actor=actor.user,
-                    actor_email=getattr(actor.user, "email", None) if actor.user else str(actor)[:254],
-                    remote_addr=actor.remote_addr,
-                    additional_data={"via": actor.via, **actor.extra},
+                log_updates(
+                    [project], actor, {"api_key_encryption": ["an older ENCRYPTION_KEYS entry", "the newest entry"]}
                 )
         if changed:
             reencrypted += 1

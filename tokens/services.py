@@ -3,14 +3,12 @@
 from dataclasses import dataclass
 from datetime import timedelta
 
-from auditlog.models import LogEntry
 from django.conf import settings
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from llmproxy.audit import Actor, audited
+from llmproxy.audit import Actor, audited, log_updates
 from projects.models import Project
 
 from . import secret
@@ -93,7 +91,11 @@ def tokens_revoke(*, tokens, actor: Actor) -> int:
         if not ids:
             return 0
         Token.objects.filter(pk__in=ids).update(revoked_at=now, **fields)
-        _log_bulk_change(ids, actor, {"revoked_at": ["None", str(now)], "revoked_by": ["None", str(actor)]})
+        log_updates(
+            Token.objects.filter(pk__in=ids).only("pk", "prefix", "label"),
+            actor,
+            {"revoked_at": ["None", str(now)], "revoked_by": ["None", str(actor)]},
+        )
     return len(ids)
 
 
@@ -124,28 +126,3 @@ def token_reactivate(*, token: Token, actor: Actor) -> Token:
             token.revoked_by_label = ""
             token.save(update_fields=["revoked_at", "revoked_by", "revoked_by_label"])
     return token
-
-
-def _log_bulk_change(ids: list, actor: Actor, changes: dict) -> None:
-    """One audit entry per token changed by a bulk UPDATE (which bypasses model signals)."""
-    content_type = ContentType.objects.get_for_model(Token)
-    tokens = Token.objects.filter(pk__in=ids).only("pk", "prefix", "label")
-    LogEntry.objects.bulk_create(
-        [
-            LogEntry(
-                content_type=content_type,
-                object_pk=str(t.pk),
-                object_repr=str(t),
-                action=LogEntry.Action.UPDATE,
-                changes=changes,
-                changes_text="",
-                actor=actor.user,
-                actor_email=getattr(actor.user, "email", None) if actor.user else str(actor)[:254],
-                remote_addr=actor.remote_addr,
-                additional_data={"via": actor.via, **actor.extra},
-                timestamp=timezone.now(),
-            )
-            for t in tokens
-        ],
-        batch_size=500,
-    )
