@@ -103,30 +103,27 @@ def top_models(
     return [(row["model"], row["total"]) for row in rows]
 
 
-def busiest_projects(*, days: int = 14, limit: int = 5) -> list[tuple[Project, int, int]]:
-    """(project, requests, errors) of the projects with the most requests in the last `days` days."""
+def _busiest(key: str, objects: QuerySet, days: int, limit: int) -> list[tuple[Any, int, int]]:
+    """(object, requests, errors) of the `key` ("project_id"/"token_id") with the most requests in `days` days."""
     rows = list(
         _daily(since=first_day(days))
-        .filter(project__isnull=False)
-        .values("project_id")
+        .filter(**{f"{key}__isnull": False})
+        .values(key)
         .annotate(total=Sum("requests"), failed=Sum("errors"))
-        .order_by("-total", "project_id")[:limit]
+        .order_by("-total", key)[:limit]
     )
-    projects = Project.objects.in_bulk([row["project_id"] for row in rows])
-    return [(projects[r["project_id"]], r["total"], r["failed"]) for r in rows if r["project_id"] in projects]
+    found = objects.in_bulk([row[key] for row in rows])
+    return [(found[r[key]], r["total"], r["failed"]) for r in rows if r[key] in found]
+
+
+def busiest_projects(*, days: int = 14, limit: int = 5) -> list[tuple[Project, int, int]]:
+    """(project, requests, errors) of the projects with the most requests in the last `days` days."""
+    return _busiest("project_id", Project.objects.all(), days, limit)
 
 
 def busiest_tokens(*, days: int = 14, limit: int = 5) -> list[tuple[Token, int, int]]:
     """(token, requests, errors) of the tokens with the most requests in the last `days` days (with their project)."""
-    rows = list(
-        _daily(since=first_day(days))
-        .filter(token__isnull=False)
-        .values("token_id")
-        .annotate(total=Sum("requests"), failed=Sum("errors"))
-        .order_by("-total", "token_id")[:limit]
-    )
-    tokens = Token.objects.select_related("project").in_bulk([row["token_id"] for row in rows])
-    return [(tokens[r["token_id"]], r["total"], r["failed"]) for r in rows if r["token_id"] in tokens]
+    return _busiest("token_id", Token.objects.select_related("project"), days, limit)
 
 
 def recent_requests(
