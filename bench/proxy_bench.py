@@ -40,6 +40,7 @@ STREAM = json.dumps(
 ).encode()
 
 TARGETS = {"added_p50_ms": 1.5, "throughput_ratio": 0.06, "stream_ratio": 1.05}
+PARTS = ("latency", "throughput", "ttfb", "streams")
 
 
 # --- a small HTTP/1.1 client ----------------------------------------------------------------------------------------
@@ -285,27 +286,41 @@ async def measure(direct: Target, proxied: Target, args) -> dict:
     await latency(direct, 50, 50)
     await latency(proxied, 50, 50)
 
+    if "latency" in args.parts:
+        figures["latency"] = await measure_latency(direct, proxied, args)
+    if "throughput" in args.parts:
+        direct_rps, direct_failed = await throughput(direct, 32, args.seconds)
+        proxied_rps, proxied_failed = await throughput(proxied, 32, args.seconds)
+        figures["throughput"] = {
+            "direct": direct_rps,
+            "proxied": proxied_rps,
+            "failed": direct_failed + proxied_failed,
+        }
+    if "ttfb" in args.parts:
+        figures["ttfb"] = {
+            "direct": statistics.median(await ttfb(direct, 30)),
+            "proxied": statistics.median(await ttfb(proxied, 30)),
+        }
+    if "streams" in args.parts:
+        figures["streams"] = await measure_streams(direct, proxied, args)
+    return figures
+
+
+async def measure_latency(direct: Target, proxied: Target, args) -> dict:
     d, p = await latency(direct, args.requests, 100), await latency(proxied, args.requests, 100)
-    figures["latency"] = {
+    return {
         "direct_p50": statistics.median(d),
         "proxied_p50": statistics.median(p),
         "direct_p99": percentile(d, 0.99),
         "proxied_p99": percentile(p, 0.99),
     }
 
-    direct_rps, direct_failed = await throughput(direct, 32, args.seconds)
-    proxied_rps, proxied_failed = await throughput(proxied, 32, args.seconds)
-    figures["throughput"] = {"direct": direct_rps, "proxied": proxied_rps, "failed": direct_failed + proxied_failed}
 
-    figures["ttfb"] = {
-        "direct": statistics.median(await ttfb(direct, 30)),
-        "proxied": statistics.median(await ttfb(proxied, 30)),
-    }
-
+async def measure_streams(direct: Target, proxied: Target, args) -> dict:
     chunks, delay = 30, 0.1  # 3 seconds per stream
     direct_ok, direct_failed = await streams(direct, args.streams, chunks, delay)
     proxied_ok, proxied_failed = await streams(proxied, args.streams, chunks, delay)
-    figures["streams"] = {
+    return {
         "count": args.streams,
         "direct_failed": direct_failed,
         "proxied_failed": proxied_failed,
@@ -314,43 +329,44 @@ async def measure(direct: Target, proxied: Target, args) -> dict:
         "direct_max": max((t.total for t in direct_ok), default=float("nan")),
         "proxied_max": max((t.total for t in proxied_ok), default=float("nan")),
     }
-    return figures
 
 
 def report(figures: dict, engine: str, workers: int, rss_kib: int) -> None:
-    lat, thr, tt, st = figures["latency"], figures["throughput"], figures["ttfb"], figures["streams"]
-    added_p50 = lat["proxied_p50"] - lat["direct_p50"]
-    added_p99 = lat["proxied_p99"] - lat["direct_p99"]
-    ratio = thr["proxied"] / thr["direct"]
-    stream_ratio = st["proxied_mean"] / st["direct_mean"]
-
     def verdict(ok: bool) -> str:
         return "meets target" if ok else "MISSES target"
 
     print(f"\nLLM Proxy benchmark — {engine}, {workers} uvicorn workers, {os.cpu_count()} CPUs")
-    print(f"  latency c=1   direct p50 {lat['direct_p50']:.2f} ms  p99 {lat['direct_p99']:.2f} ms")
-    print(f"                proxied p50 {lat['proxied_p50']:.2f} ms  p99 {lat['proxied_p99']:.2f} ms")
-    print(
-        f"                added p50 {added_p50:.2f} ms ({lat['proxied_p50'] / lat['direct_p50']:.2f}x), "
-        f"added p99 {added_p99:.2f} ms ({lat['proxied_p99'] / lat['direct_p99']:.2f}x)   "
-        f"[target: added p50 <= {TARGETS['added_p50_ms']} ms: {verdict(added_p50 <= TARGETS['added_p50_ms'])}]"
-    )
-    print(
-        f"  throughput c=32  direct {thr['direct']:.0f} req/s, proxied {thr['proxied']:.0f} req/s "
-        f"= {ratio:.1%} of direct, {thr['failed']} failed   "
-        f"[target >= {TARGETS['throughput_ratio']:.0%}: {verdict(ratio >= TARGETS['throughput_ratio'])}]"
-    )
-    print(
-        f"  stream TTFB  direct {tt['direct']:.2f} ms, proxied {tt['proxied']:.2f} ms "
-        f"({tt['proxied'] / tt['direct']:.2f}x, +{tt['proxied'] - tt['direct']:.2f} ms)"
-    )
-    print(
-        f"  {st['count']} concurrent 3 s streams  failures direct {st['direct_failed']}, proxied "
-        f"{st['proxied_failed']}; mean {st['direct_mean']:.3f} s direct, {st['proxied_mean']:.3f} s proxied "
-        f"({stream_ratio:.3f}x); max {st['direct_max']:.3f} s / {st['proxied_max']:.3f} s   "
-        f"[target 0 failures, <= {TARGETS['stream_ratio']}x: "
-        f"{verdict(st['proxied_failed'] == 0 and stream_ratio <= TARGETS['stream_ratio'])}]"
-    )
+    if lat := figures.get("latency"):
+        added_p50 = lat["proxied_p50"] - lat["direct_p50"]
+        added_p99 = lat["proxied_p99"] - lat["direct_p99"]
+        print(f"  latency c=1   direct p50 {lat['direct_p50']:.2f} ms  p99 {lat['direct_p99']:.2f} ms")
+        print(f"                proxied p50 {lat['proxied_p50']:.2f} ms  p99 {lat['proxied_p99']:.2f} ms")
+        print(
+            f"                added p50 {added_p50:.2f} ms ({lat['proxied_p50'] / lat['direct_p50']:.2f}x), "
+            f"added p99 {added_p99:.2f} ms ({lat['proxied_p99'] / lat['direct_p99']:.2f}x)   "
+            f"[target: added p50 <= {TARGETS['added_p50_ms']} ms: {verdict(added_p50 <= TARGETS['added_p50_ms'])}]"
+        )
+    if thr := figures.get("throughput"):
+        ratio = thr["proxied"] / thr["direct"]
+        print(
+            f"  throughput c=32  direct {thr['direct']:.0f} req/s, proxied {thr['proxied']:.0f} req/s "
+            f"= {ratio:.1%} of direct, {thr['failed']} failed   "
+            f"[target >= {TARGETS['throughput_ratio']:.0%}: {verdict(ratio >= TARGETS['throughput_ratio'])}]"
+        )
+    if tt := figures.get("ttfb"):
+        print(
+            f"  stream TTFB  direct {tt['direct']:.2f} ms, proxied {tt['proxied']:.2f} ms "
+            f"({tt['proxied'] / tt['direct']:.2f}x, +{tt['proxied'] - tt['direct']:.2f} ms)"
+        )
+    if st := figures.get("streams"):
+        stream_ratio = st["proxied_mean"] / st["direct_mean"]
+        print(
+            f"  {st['count']} concurrent 3 s streams  failures direct {st['direct_failed']}, proxied "
+            f"{st['proxied_failed']}; mean {st['direct_mean']:.3f} s direct, {st['proxied_mean']:.3f} s proxied "
+            f"({stream_ratio:.3f}x); max {st['direct_max']:.3f} s / {st['proxied_max']:.3f} s   "
+            f"[target 0 failures, <= {TARGETS['stream_ratio']}x: "
+            f"{verdict(st['proxied_failed'] == 0 and stream_ratio <= TARGETS['stream_ratio'])}]"
+        )
     print(f"  server peak RSS  {rss_kib / 1024:.0f} MiB (gunicorn master + {workers} workers)")
 
 
@@ -360,7 +376,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per latency series")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument(
+        "--parts",
+        type=lambda value: set(value.split(",")) - {""},
+        default=set(PARTS),
+        help=f"comma-separated parts to measure (default all: {','.join(PARTS)})",
+    )
+    parser.add_argument(
+        "--server-log",
+        metavar="PATH",
+        help="write the server's output (its access log: a line per request) to this file instead of the console",
+    )
     args = parser.parse_args()
+    if unknown := args.parts - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
 
     from cryptography.fernet import Fernet
 
@@ -381,6 +410,7 @@ def main() -> None:
     }
     processes: list[subprocess.Popen] = []
     sampler = None
+    server_log = None
     try:
         token = seed(env)
         mock = subprocess.Popen(
@@ -389,15 +419,20 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
         processes.append(mock)
+        if args.server_log:
+            server_log = open(args.server_log, "w")  # noqa: SIM115 (closed below)
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "llmproxy.asgi:application"],
             cwd=BASE_DIR,
             env=env,
+            stdout=server_log,
+            stderr=server_log,
         )
         processes.append(server)
         wait_for_port(mock_port, mock, "the mock upstream")
         wait_for_port(server_port, server, "the server")
         time.sleep(1.5)  # let every worker finish booting
+        print(f"server pid {server.pid}, workers {' '.join(map(str, child_pids(server.pid)))}", flush=True)
         sampler = RssSampler(server.pid)
         sampler.start()
 
@@ -423,6 +458,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
         drop_database()
+        if server_log is not None:
+            server_log.close()
 
 
 if __name__ == "__main__":
