@@ -7,7 +7,11 @@ Django). It also refuses a body over PROXY_MAX_BODY_BYTES from its Content-Lengt
 reading a body without one as soon as it passes the limit.
 """
 
+import asyncio
+import contextlib
+
 from django.conf import settings
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
@@ -56,6 +60,48 @@ class ProxyHandler(ASGIHandler):
             self._get_response_async if is_async else self._get_response
         )
 
+    async def handle(self, scope, receive, send) -> None:
+        """Django's `ASGIHandler.handle` without its hops to a sync thread for the request signals.
+
+        Django sends request_started before the view and request_finished from `response.close()` after the
+        response, each through `sync_to_async`, since their receivers are sync: they close the sync thread's stale
+        database connections and caches and reset a per-request URLconf. The proxy uses none of these (its
+        database work runs on its own threads with their own connections, see proxy.db; no cache, no URLconf
+        override; its responses hold nothing to close), so it skips them. The rest is Django's: the body read,
+        the request, the view and the response sent in a task beside a listener that cancels it when the client
+        goes away.
+        """
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:
+                await self.send_response(error_response, send)
+                return
+            # As in Django: the listener first (it raises nothing unexpected), so the view is always seen to.
+            tasks = [
+                asyncio.create_task(self.listen_for_disconnect(receive)),
+                asyncio.create_task(self._respond(request, send)),
+            ]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done():
+                    with contextlib.suppress(RequestAborted):
+                        task.result()
+                else:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            body_file.close()
+
+    async def _respond(self, request, send) -> None:
+        response = await self.run_get_response(request)
+        with contextlib.suppress(asyncio.CancelledError):  # the client went away while it was being sent
+            await self.send_response(response, send)
+
     async def __call__(self, scope, receive, send) -> None:
         limit = settings.PROXY_MAX_BODY_BYTES
         declared = _content_length(scope)
@@ -65,9 +111,7 @@ class ProxyHandler(ASGIHandler):
         guarded = _BodyLimit(receive, limit)
         try:
             # Django's own __call__ wraps this in a ThreadSensitiveContext, which starts a new thread per request
-            # for the sync signal receivers (request_started/finished). The view runs no thread-sensitive code (its
-            # database work has its own threads, see proxy.db), so those receivers can share the one global
-            # sync thread instead: no thread is started per request.
+            # for sync code; the proxy's handle runs none (see handle), so none is started.
             await self.handle(scope, guarded, send)
         except UpstreamInterrupted:
             # Returning with the response unfinished makes the server close the connection without the final
