@@ -188,8 +188,10 @@ PROXY_CORS_ALLOWED_ORIGINS = env.list("PROXY_CORS_ALLOWED_ORIGINS", default=[])
 PROXY_CORS_MAX_AGE = env.int("PROXY_CORS_MAX_AGE", default=7200)
 # JSON bodies up to this size are read for their model and whether they stream; larger ones pass untouched.
 PROXY_INSPECT_MAX_BYTES = env.int("PROXY_INSPECT_MAX_BYTES", default=4 * 1024 * 1024)
-# Threads (per worker) that run admission statements, each with its own database connection.
+# Threads (per worker) that write usage and, on SQLite, run admission statements; each has its own connection.
 PROXY_DB_THREADS = env.int("PROXY_DB_THREADS", default=4)
+# PostgreSQL: async connections (per worker) on which admission statements run from the event loop.
+PROXY_ADMISSION_CONNECTIONS = env.int("PROXY_ADMISSION_CONNECTIONS", default=4)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=2000)
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
 # Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).

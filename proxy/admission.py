@@ -9,6 +9,9 @@ re-checked and over-admits.) SQLite serialises writers, so the same statement is
 The conditions are the status rule of `tokens.models.status_conditions` for "active", plus an active project;
 a test checks that both agree. Nothing here is cached: a revocation, a deactivation or a new limit bites on the
 next request.
+
+`admit_async` is what the view awaits: on PostgreSQL it runs the same statement on one of the event loop's own
+async connections (proxy.db), with no hop to a thread; on SQLite it runs `admit` on the database thread.
 """
 
 import uuid
@@ -22,7 +25,7 @@ from django.utils import timezone
 from projects.models import Project
 from tokens.models import Token, TokenStatus
 
-from . import errors
+from . import db, errors
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,20 @@ def admit(digest: str, now: datetime | None = None) -> Admission | Refused:
     if row is not None:
         return Admission(token_id=_uuid(row[0]), project_id=_uuid(row[1]), api_key_ciphertext=row[2])
     return why_refused(digest, now)
+
+
+async def admit_async(digest: str) -> Admission | Refused:
+    """`admit`, awaited from the event loop. The rare refusal is explained on the database thread."""
+    if not db.is_postgresql():
+        return await db.run(admit, digest)
+    now = timezone.now()
+    pool = await db.loop_pool()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(_admit_sql("postgresql"), [now, digest, now])
+        row = await cursor.fetchone()
+    if row is not None:
+        return Admission(token_id=row[0], project_id=row[1], api_key_ciphertext=row[2])
+    return await db.run(why_refused, digest, now)
 
 
 def why_refused(digest: str, now: datetime) -> Refused:

@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from projects import crypto
 from tokens import secret
 
-from . import admission, cors, db, endpoints, errors, headers, payload, upstream
+from . import admission, cors, endpoints, errors, headers, payload, upstream
 from .exchange import Exchange, token_prefix
 from .relay import Relay
 from .usage import StreamUsage
@@ -117,7 +117,7 @@ async def _forward(
     if len(body) > settings.PROXY_MAX_BODY_BYTES:
         return exchange.refuse(errors.body_too_large(settings.PROXY_MAX_BODY_BYTES))
 
-    admitted = await db.run(admission.admit, secret.digest(presented))
+    admitted = await admission.admit_async(secret.digest(presented))
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
     if isinstance(admitted, admission.Refused):
         return exchange.refuse(admitted.refusal)
