@@ -131,18 +131,15 @@ async def _forward(
     exchange.model = sent.model
     raw_path = getattr(request, "scope", {}).get("raw_path")
     forwarded_path = (raw_path.decode("latin-1") if raw_path else escape_uri_path(request.path))[len("/v1") :]
-    client = upstream.client()
-    upstream_request = client.build_request(
+    upstream_request = upstream.build_request(
         method,
         upstream.url(forwarded_path, request.META.get("QUERY_STRING", "")),
-        headers=headers.upstream_request_headers(
-            client_headers, api_key=api_key, request_id=exchange.request_id.encode()
-        ),
-        content=sent.body,
+        headers.upstream_request_headers(client_headers, api_key=api_key, request_id=exchange.request_id.encode()),
+        sent.body,
     )
     sent_at = time.perf_counter()
     try:
-        response = await client.send(upstream_request, stream=True)
+        response = await upstream.send(upstream_request)
     except httpx.TimeoutException:
         return exchange.refuse(errors.upstream_timeout())
     except httpx.HTTPError as exc:
