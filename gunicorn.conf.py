@@ -66,6 +66,9 @@ def on_starting(server) -> None:
         directory = tempfile.mkdtemp(prefix="llmproxy-metrics-")
         _created_metrics_dir.append(directory)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # inherited by the workers
+    # Imported here (after the directory is set), not in child_exit: that runs in a signal handler, and a second
+    # worker exiting during the first one's import would find the module half imported.
+    from prometheus_client import multiprocess  # noqa: F401
 
 
 def child_exit(server, worker) -> None:
