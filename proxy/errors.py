@@ -82,6 +82,16 @@ def upstream_timeout() -> Refusal:
     return Refusal(504, "upstream_timeout", "The upstream API did not answer in time.", "server_error", True)
 
 
+def database_unavailable() -> Refusal:
+    return Refusal(
+        503,
+        "service_unavailable",
+        "The proxy cannot check tokens right now (its database is unavailable). Try again shortly.",
+        "server_error",
+        True,
+    )
+
+
 def upstream_key_unusable() -> Refusal:
     return Refusal(
         503,

@@ -11,10 +11,13 @@ import time
 from functools import lru_cache
 
 import httpx
+import psycopg
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.encoding import escape_uri_path
 from django.views.decorators.csrf import csrf_exempt
+from psycopg_pool import PoolTimeout
 
 from projects import crypto
 from tokens import secret
@@ -117,7 +120,13 @@ async def _forward(
     if len(body) > settings.PROXY_MAX_BODY_BYTES:
         return exchange.refuse(errors.body_too_large(settings.PROXY_MAX_BODY_BYTES))
 
-    admitted = await admission.admit_async(secret.digest(presented))
+    try:
+        admitted = await admission.admit_async(secret.digest(presented))
+    except (DatabaseError, psycopg.Error, PoolTimeout) as exc:
+        logger.error(
+            "admission failed for request %s: database unavailable (%s)", exchange.request_id, type(exc).__name__
+        )
+        return exchange.refuse(errors.database_unavailable())
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
     if isinstance(admitted, admission.Refused):
         return exchange.refuse(admitted.refusal)
