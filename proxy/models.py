@@ -9,6 +9,13 @@ from projects.models import Project
 from tokens.models import Token
 
 
+def log_reference(model: type[models.Model]) -> models.ForeignKey:
+    """A nullable reference from a log row: no database constraint or index of its own (see UsageRecord)."""
+    return models.ForeignKey(
+        model, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
+    )
+
+
 class UsageRecord(models.Model):
     """One proxied request, refused or forwarded: written after its last byte, off the client's path.
 
@@ -20,18 +27,8 @@ class UsageRecord(models.Model):
     # A log, not a relation to keep consistent: no database constraint, so an insert takes no lock on the tokens
     # and projects tables (nor looks them up), and rows outlive anything they name. The composite indexes below
     # serve lookups by project or token; single-column ones would only slow inserts.
-    project = models.ForeignKey(
-        Project,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
-    token = models.ForeignKey(
-        Token, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
-    )
+    project = log_reference(Project)
+    token = log_reference(Token)
     token_prefix = models.CharField(max_length=20, blank=True)
     method = models.CharField(max_length=10)
     path = models.CharField(max_length=500)
@@ -84,18 +81,8 @@ class UsageDaily(models.Model):
     id = models.BigAutoField(primary_key=True)
     day = models.DateField(help_text="The UTC date of the requests.")
     # Like UsageRecord's: no database constraint, the rows outlive anything they name.
-    project = models.ForeignKey(
-        Project,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_index=False,
-        db_constraint=False,
-    )
-    token = models.ForeignKey(
-        Token, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+", db_index=False, db_constraint=False
-    )
+    project = log_reference(Project)
+    token = log_reference(Token)
     model = models.CharField(max_length=200, blank=True, help_text="Blank when the request named none.")
     requests = models.PositiveBigIntegerField(default=0)
     errors = models.PositiveBigIntegerField(default=0, help_text="Requests answered with a status of 400 or more.")
