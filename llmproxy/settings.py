@@ -198,16 +198,6 @@ PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=1
 PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
 DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES
 
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
-}
-
 # --- Usage -----------------------------------------------------------------------------------------------------
 # Usage records and security events older than this many days are deleted by `manage.py purge_usage` (run it
 # daily); the per-day usage sums are kept, so charts and summaries over older periods stay right.
@@ -227,14 +217,21 @@ if LOG_FORMAT not in ("plain", "json"):
     refuse_to_start("LOG_FORMAT must be 'plain' or 'json'.")
 # One line per proxied request on the `proxy.access` logger, whatever LOG_LEVEL says.
 PROXY_ACCESS_LOG = env.bool("PROXY_ACCESS_LOG", default=True)
-LOGGING["formatters"] = {
-    "plain": {
-        "()": "proxy.access_log.TextFormatter",
-        "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"()": "proxy.access_log.TextFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "proxy.access_log.JsonFormatter"},
     },
-    "json": {"()": "proxy.access_log.JsonFormatter"},
+    "filters": {"proxied_request_warnings": {"()": "proxy.access_log.ProxiedRequestWarnings"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "proxy.access": {"level": "INFO" if PROXY_ACCESS_LOG else "CRITICAL"},
+        "django.request": {"filters": ["proxied_request_warnings"]},
+    },
 }
-LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT
-LOGGING["loggers"]["proxy.access"] = {"level": "INFO" if PROXY_ACCESS_LOG else "CRITICAL"}
-LOGGING["filters"] = {"proxied_request_warnings": {"()": "proxy.access_log.ProxiedRequestWarnings"}}
-LOGGING["loggers"]["django.request"] = {"filters": ["proxied_request_warnings"]}
