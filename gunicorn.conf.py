@@ -22,7 +22,7 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 # --- Logs: LOG_FORMAT=json makes gunicorn's own lines (and uvicorn's, which go through them) JSON like the app's.
 if os.environ.get("LOG_FORMAT", "plain").lower() == "json":
-    from proxy.access_log import JsonFormatter
+    from llmproxy.logs import JsonFormatter
 
     logconfig_dict = {
         "root": {"level": "INFO", "handlers": ["error_console"]},

@@ -20,7 +20,7 @@ class LLMProxyAdminSite(admin.AdminSite):
         from proxy.selectors import busiest_projects, busiest_tokens, usage_daily
         from tokens.selectors import token_counts
 
-        from .selectors import audit_recent_entries
+        from .audit.selectors import audit_recent_entries
 
         context = {
             "project_counts": project_counts(),

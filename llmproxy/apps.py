@@ -9,7 +9,7 @@ class AdminConfig(DjangoAdminConfig):
 
 
 class LLMProxyConfig(AppConfig):
-    """The project's own commands (ensure_admin, …), templates and security events."""
+    """The project's own commands (ensure_admin), templates, the audit log's screens and the security events."""
 
     name = "llmproxy"
     verbose_name = "LLM Proxy"
@@ -17,7 +17,6 @@ class LLMProxyConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_login_failed
 
-        from . import admin_security  # noqa: F401  (the security-event admin, kept apart from llmproxy/admin.py)
-        from .signals import record_failed_login
+        from .security.signals import record_failed_login
 
         user_login_failed.connect(record_failed_login, dispatch_uid="llmproxy.security.failed_login")

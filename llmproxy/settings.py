@@ -222,8 +222,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"()": "proxy.access_log.TextFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "proxy.access_log.JsonFormatter"},
+        "plain": {"()": "llmproxy.logs.TextFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "llmproxy.logs.JsonFormatter"},
     },
     "filters": {"proxied_request_warnings": {"()": "proxy.access_log.ProxiedRequestWarnings"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},

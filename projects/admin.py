@@ -5,46 +5,32 @@ never deleted: the delete URL, and any DELETE request, answers 405.
 """
 
 from collections.abc import Callable
-from functools import wraps
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 
-from llmproxy.admin_history import AuditHistoryMixin
+from llmproxy.admin_toolkit import DetailPageMixin, NeverDeletedMixin, add_service_error
 from llmproxy.audit import Actor
-from proxy.admin import usage_panel
+from llmproxy.audit.history import AuditHistoryMixin
+from llmproxy.errors import ServiceError
 from tokens.selectors import project_minting_keys, project_token_summary, project_unrevoked_token_count
-from tokens.services import project_tokens_revoke
+from tokens.services import project_set_active, project_tokens_revoke
 
 from .forms import ProjectCreateForm, ProjectEditForm
 from .models import Project
 from .selectors import project_list_with_token_counts
-from .services import project_create, project_set_active, project_update
+from .services import project_create, project_update
 
-NOT_DELETABLE = "Projects cannot be deleted. Deactivate the project and revoke its tokens instead."
-
-
-def _refuse_delete_method(view: Callable) -> Callable:
-    """Any DELETE request to a project page answers 405: projects are kept for the audit trail."""
-
-    @wraps(view)
-    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        if request.method == "DELETE":
-            return HttpResponseNotAllowed(["GET", "HEAD", "POST"], NOT_DELETABLE, content_type="text/plain")
-        return view(request, *args, **kwargs)
-
-    return wrapped
-
-
-def _delete_refused(request: HttpRequest, object_id: str) -> HttpResponse:
-    return HttpResponseNotAllowed([], NOT_DELETABLE, content_type="text/plain")
+# The upstream key never reaches an error report: Django's reports list POST data, masked only where told so.
+sensitive_key = method_decorator(sensitive_post_parameters("api_key"))
 
 
 def _plural(count: int, noun: str) -> str:
@@ -70,13 +56,14 @@ def status_badge(project: Project) -> str:
 
 
 @admin.register(Project)
-class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
+class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.ModelAdmin):
     list_display = ["name", "status", "created", "token_count", "row_actions"]
     list_filter = [ProjectStatusFilter]
     search_fields = ["name"]
     ordering = ["name"]
     list_per_page = 25
     actions = ["deactivate_selected", "activate_selected"]
+    not_deletable_message = "Projects cannot be deleted. Deactivate the project and revoke its tokens instead."
 
     detail_template = "admin/projects/project/detail.html"
     form_template = "admin/projects/project/form.html"
@@ -117,10 +104,7 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
             '<span class="row-actions"><a href="{}">Edit</a><a href="{}">{}</a></span>', edit, toggle, label
         )
 
-    # --- permissions and URLs --------------------------------------------------------------------------------------
-
-    def has_delete_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
-        return False
+    # --- URLs ------------------------------------------------------------------------------------------------------
 
     def get_urls(self) -> list[URLPattern]:
         info = f"{self.opts.app_label}_{self.opts.model_name}"
@@ -133,30 +117,15 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
             path("<path:object_id>/activate/", view(self.activate_view), name=f"{info}_activate"),
             path("<path:object_id>/deactivate/", view(self.deactivate_view), name=f"{info}_deactivate"),
             path("<path:object_id>/revoke-tokens/", view(self.revoke_tokens_view), name=f"{info}_revoke_tokens"),
-            path("<path:object_id>/delete/", _delete_refused, name=f"{info}_delete"),
         ]
-        inherited = [p for p in super().get_urls() if p.name != f"{info}_delete"]
-        return [
-            URLPattern(p.pattern, _refuse_delete_method(p.callback), p.default_args, p.name) for p in own + inherited
-        ]
-
-    def _get_project(self, request: HttpRequest, object_id: str, *, change: bool) -> Project:
-        project = self.get_object(request, unquote(object_id))
-        if project is None:
-            raise Http404("No such project.")
-        allowed = self.has_change_permission if change else self.has_view_or_change_permission
-        if not allowed(request, project):
-            raise PermissionDenied
-        return project
-
-    def _context(self, request: HttpRequest, title: str, **extra) -> dict:
-        return {**self.admin_site.each_context(request), "title": title, "subtitle": None, "opts": self.opts, **extra}
+        return own + super().get_urls()
 
     def _detail_url(self, project: Project) -> str:
         return reverse("admin:projects_project_change", args=[project.pk])
 
     # --- create, detail, edit ------------------------------------------------------------------------------------
 
+    @sensitive_key
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
         if not self.has_add_permission(request):
             raise PermissionDenied
@@ -164,12 +133,12 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
         if form.is_valid():
             try:
                 project = project_create(**form.cleaned_data, actor=Actor.from_request(request))
-            except ValidationError as e:
-                form.add_error(None, e)
+            except ServiceError as e:
+                add_service_error(form, e)
             else:
                 messages.success(request, f"Project “{project.name}” was created. It is active.")
                 return HttpResponseRedirect(self._detail_url(project))
-        context = self._context(
+        context = self.page_context(
             request,
             "New project",
             form=form,
@@ -179,35 +148,25 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
         )
         return TemplateResponse(request, self.form_template, context)
 
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
-    ) -> HttpResponse:
+    def detail_context(self, request: HttpRequest, project: Project) -> tuple[str, dict]:
         """The project page: its details, its tokens and what can be done with it (editing is `edit_view`)."""
-        if request.method not in ("GET", "HEAD"):
-            return HttpResponseNotAllowed(["GET", "HEAD"])
-        project = self._get_project(request, object_id, change=False)
         can_change = self.has_change_permission(request, project)
-        context = self._context(
-            request,
-            project.name,
-            project=project,
-            original=project,
-            status=status_badge(project),
-            tokens=project_token_summary(project),
-            minting_keys=project_minting_keys(project),
-            can_add_minting_key=request.user.has_perm("tokens.add_mintingkey"),
-            can_change=can_change,
-            can_revoke_tokens=can_change and request.user.has_perm("tokens.change_token"),
-            can_generate_token=request.user.has_perm("tokens.add_token"),
-            all_tokens_query=f"?project__id__exact={project.pk}",
-            generate_token_query=f"?project={project.pk}",
-            usage=usage_panel(request, project=project),
-            **(extra_context or {}),
-        )
-        return TemplateResponse(request, self.detail_template, context)
+        return project.name, {
+            "project": project,
+            "status": status_badge(project),
+            "tokens": project_token_summary(project),
+            "minting_keys": project_minting_keys(project),
+            "can_add_minting_key": request.user.has_perm("tokens.add_mintingkey"),
+            "can_change": can_change,
+            "can_revoke_tokens": can_change and request.user.has_perm("tokens.change_token"),
+            "can_generate_token": request.user.has_perm("tokens.add_token"),
+            "all_tokens_query": f"?project__id__exact={project.pk}",
+            "generate_token_query": f"?project={project.pk}",
+        }
 
+    @sensitive_key
     def edit_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        project = self._get_project(request, object_id, change=True)
+        project = self.get_object_or_404(request, object_id, change=True)
         data = request.POST if request.method == "POST" else None
         form = ProjectEditForm(data, initial={"name": project.name}, masked_key=project.api_key_masked)
         if form.is_valid():
@@ -218,12 +177,12 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
                     api_key=form.cleaned_data["api_key"] or None,
                     actor=Actor.from_request(request),
                 )
-            except ValidationError as e:
-                form.add_error(None, e)
+            except ServiceError as e:
+                add_service_error(form, e)
             else:
                 messages.success(request, f"Project “{project.name}” was saved.")
                 return HttpResponseRedirect(self._detail_url(project))
-        context = self._context(
+        context = self.page_context(
             request,
             f"Edit {project.name}",
             form=form,
@@ -244,16 +203,16 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
 
     def _set_active_view(self, request: HttpRequest, object_id: str, *, active: bool) -> HttpResponse:
         """GET asks for confirmation; POST does it."""
-        project = self._get_project(request, object_id, change=True)
+        project = self.get_object_or_404(request, object_id, change=True)
         verb = "activate" if active else "deactivate"
         if request.method == "POST":
-            if project.is_active == active:
-                messages.info(request, f"Project “{project.name}” is already {project.status_label.lower()}.")
+            done = project_set_active(project=project, active=active, actor=Actor.from_request(request))
+            if done.changed:
+                messages.success(request, f"Project “{done.project.name}” was {verb}d.")
             else:
-                project = project_set_active(project=project, active=active, actor=Actor.from_request(request))
-                messages.success(request, f"Project “{project.name}” was {verb}d.")
+                messages.info(request, f"Project “{project.name}” is already {project.status_label.lower()}.")
             return HttpResponseRedirect(self._detail_url(project))
-        context = self._context(
+        context = self.page_context(
             request,
             f"{verb.capitalize()} project “{project.name}”?",
             project=project,
@@ -278,12 +237,10 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
         to_change = [p for p in queryset if p.is_active != active]
         if request.POST.get("post"):
             actor = Actor.from_request(request)
-            for project in to_change:
-                project_set_active(project=project, active=active, actor=actor)
-            count = len(to_change)
+            count = sum(project_set_active(project=p, active=active, actor=actor).changed for p in to_change)
             messages.success(request, f"{verb.capitalize()}d {count} {_plural(count, 'project')}.")
             return None
-        context = self._context(
+        context = self.page_context(
             request,
             f"{verb.capitalize()} selected projects?",
             queryset=queryset,
@@ -298,14 +255,14 @@ class ProjectAdmin(AuditHistoryMixin, admin.ModelAdmin):
     # --- revoke all tokens ---------------------------------------------------------------------------------------
 
     def revoke_tokens_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        project = self._get_project(request, object_id, change=True)
+        project = self.get_object_or_404(request, object_id, change=True)
         if not request.user.has_perm("tokens.change_token"):
             raise PermissionDenied
         if request.method == "POST":
-            count = project_tokens_revoke(project=project, actor=Actor.from_request(request))
+            count = project_tokens_revoke(project=project, actor=Actor.from_request(request)).revoked
             messages.success(request, f"Revoked {count} {_plural(count, 'token')} of “{project.name}”.")
             return HttpResponseRedirect(self._detail_url(project))
-        context = self._context(
+        context = self.page_context(
             request,
             f"Revoke all tokens of “{project.name}”?",
             project=project,

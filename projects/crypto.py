@@ -46,7 +46,3 @@ def is_current(ciphertext: str) -> bool:
     except InvalidToken:
         return False
     return True
-
-
-def generate_key() -> str:
-    return Fernet.generate_key().decode()

@@ -7,11 +7,11 @@ from django.core.exceptions import ValidationError
 INVALID_API_KEY = "Invalid API key format"
 
 # `sk-` then only key characters: no whitespace, no ellipsis or asterisks of a masked copy, sensibly long.
-_API_KEY_RE = re.compile(r"sk-[A-Za-z0-9_-]{17,500}")
+API_KEY_RE = re.compile(r"sk-[A-Za-z0-9_-]{17,500}")
 
 
 def validate_api_key(value: str) -> None:
-    if not isinstance(value, str) or not _API_KEY_RE.fullmatch(value):
+    if not isinstance(value, str) or not API_KEY_RE.fullmatch(value):
         raise ValidationError(INVALID_API_KEY, code="invalid_api_key")
 
 

@@ -1,4 +1,5 @@
 import uuid
+from datetime import datetime
 
 from django.db import models
 from django.db.models.functions import Lower
@@ -47,6 +48,14 @@ class Project(models.Model):
             return mask_api_key(self.api_key)
         except crypto.KeyDecryptionError:
             return "(cannot be decrypted with ENCRYPTION_KEYS)"
+
+    def set_active(self, active: bool, now: datetime) -> bool:
+        """Activate or deactivate (not saved). `deactivated_at` is set exactly while inactive. False: no change."""
+        if self.is_active == active:
+            return False
+        self.is_active = active
+        self.deactivated_at = None if active else now
+        return True
 
     @property
     def status_label(self) -> str:

@@ -20,6 +20,14 @@ def project_counts() -> dict[str, int]:
     return Project.objects.aggregate(total=Count("id"), active=Count("id", filter=Q(is_active=True)))
 
 
+def project_get(project_id: uuid.UUID) -> Project | None:
+    return Project.objects.filter(pk=project_id).first()
+
+
+def projects_by_name() -> QuerySet[Project]:
+    return Project.objects.order_by("name", "id")
+
+
 def project_by_reference(reference: str) -> Project | None:
     """A project by its ID or its name (case-insensitive): what a person types on the command line."""
     reference = reference.strip()

@@ -1,4 +1,8 @@
-"""Every change to a project: validated, written and audited in one transaction."""
+"""Every change to a project: validated, written and audited in one transaction.
+
+Activation and deactivation live in `tokens.services.project_set_active`: deactivating may revoke the project's
+tokens too, and tokens stand above projects.
+"""
 
 from dataclasses import dataclass
 
@@ -7,19 +11,26 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from llmproxy.audit import Actor, audited, log_updates
+from llmproxy.errors import ServiceError
 
 from . import crypto
+from .keys import INVALID_API_KEY
 from .models import Project
 
 DUPLICATE_NAME = "A project with this name already exists."
+NAME_MAX_LENGTH = Project._meta.get_field("name").max_length
+
+
+def _duplicate_name() -> ServiceError:
+    return ServiceError("duplicate_name", DUPLICATE_NAME, field="name")
 
 
 def _clean_name(name: str) -> str:
     name = (name or "").strip()
     if not name:
-        raise ValidationError({"name": "Name is required."})
-    if len(name) > 200:
-        raise ValidationError({"name": "Name must be at most 200 characters."})
+        raise ServiceError("required", "Name is required.", field="name")
+    if len(name) > NAME_MAX_LENGTH:
+        raise ServiceError("too_long", f"Name must be at most {NAME_MAX_LENGTH} characters.", field="name")
     return name
 
 
@@ -30,23 +41,27 @@ def _name_taken(name: str, *, exclude: Project | None = None) -> bool:
     return qs.exists()
 
 
+def _set_api_key(project: Project, api_key: str) -> None:
+    try:
+        project.set_api_key(api_key)
+    except ValidationError:
+        raise ServiceError("invalid_api_key", INVALID_API_KEY, field="api_key") from None
+    project.api_key_updated_at = timezone.now()
+
+
 def _save(project: Project, **kwargs) -> None:
     try:
         with transaction.atomic():
             project.save(**kwargs)
     except IntegrityError:
-        raise ValidationError({"name": DUPLICATE_NAME}) from None
+        raise _duplicate_name() from None  # a concurrent create or rename took the name after the check
 
 
 def project_create(*, name: str, api_key: str, actor: Actor) -> Project:
-    name = _clean_name(name)
-    project = Project(name=name, api_key_updated_at=timezone.now())
-    try:
-        project.set_api_key(api_key)
-    except ValidationError as e:
-        raise ValidationError({"api_key": e.messages}) from None
-    if _name_taken(name):
-        raise ValidationError({"name": DUPLICATE_NAME})
+    project = Project(name=_clean_name(name))
+    _set_api_key(project, api_key)
+    if _name_taken(project.name):
+        raise _duplicate_name()
     with transaction.atomic(), audited(actor):
         _save(project)
     return project
@@ -59,35 +74,12 @@ def project_update(*, project: Project, actor: Actor, name: str | None = None, a
         if name is not None:
             name = _clean_name(name)
             if name != project.name and _name_taken(name, exclude=project):
-                raise ValidationError({"name": DUPLICATE_NAME})
+                raise _duplicate_name()
             project.name = name
         if api_key:
-            try:
-                project.set_api_key(api_key)
-            except ValidationError as e:
-                raise ValidationError({"api_key": e.messages}) from None
-            project.api_key_updated_at = timezone.now()
+            _set_api_key(project, api_key)
         _save(project)
     return project
-
-
-def project_set_active(*, project: Project, active: bool, actor: Actor) -> Project:
-    """Activate or deactivate. Deactivation blocks the project's tokens but revokes nothing."""
-    with transaction.atomic(), audited(actor):
-        project = Project.objects.select_for_update().get(pk=project.pk)
-        if project.is_active != active:
-            project.is_active = active
-            project.deactivated_at = None if active else timezone.now()
-            project.save(update_fields=["is_active", "deactivated_at", "updated_at"])
-    return project
-
-
-def project_activate(*, project: Project, actor: Actor) -> Project:
-    return project_set_active(project=project, active=True, actor=actor)
-
-
-def project_deactivate(*, project: Project, actor: Actor) -> Project:
-    return project_set_active(project=project, active=False, actor=actor)
 
 
 @dataclass(frozen=True)

@@ -4,68 +4,28 @@ Nothing here counts the table: the list reads one page at a time and only knows 
 take typed input instead of listing every token, and the CSV export streams the filtered rows in chunks.
 """
 
-import csv
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 
-from asgiref.sync import sync_to_async
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters, ShowFacets
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.exceptions import PermissionDenied
-from django.core.handlers.asgi import ASGIRequest
-from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils import formats, timezone
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from projects.models import Project
+from llmproxy.admin_toolkit import InputFilter, LookaheadPaginator, ReadOnlyMixin, csv_response
 from tokens.models import Token
 from tokens.selectors import token_search_filter
 
 from .models import UsageRecord
-from .selectors import recent_requests, top_models, usage_daily, usage_totals
+from .templatetags.usage import status_badge
 
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
-STATUS_BADGES = {2: "badge-success", 3: "badge-muted", 4: "badge-warning", 5: "badge-danger"}
-
-
-def status_badge(record: UsageRecord) -> SafeString:
-    """The status, coloured by its class (badge classes from templates/admin/base_site.html)."""
-    css = STATUS_BADGES.get(record.status // 100, "badge-muted")
-    return format_html('<span class="badge {} status-{}xx">{}</span>', css, record.status // 100, record.status)
-
-
-class LookaheadPaginator(Paginator):
-    """Never counts: it reads the page asked for plus one row, which tells whether another page follows.
-
-    A COUNT, even a capped one, scans every row a rare filter skips; this costs one page read at any table size.
-    `count` is what it has seen (the rows before this page, this page's, one more if any), so the page after the
-    current one is the last it knows of.
-    """
-
-    def __init__(self, object_list, per_page: int, *, page_number: int, **kwargs) -> None:
-        super().__init__(object_list, per_page, **kwargs)
-        self.page_number = max(page_number, 1)
-        self.offset = (self.page_number - 1) * self.per_page
-
-    @cached_property
-    def rows(self) -> list:
-        return list(self.object_list[self.offset : self.offset + self.per_page + 1])
-
-    @cached_property
-    def count(self) -> int:
-        return self.offset + len(self.rows)
-
-    def page(self, number):
-        number = self.validate_number(number)
-        if number == self.page_number:
-            return self._get_page(self.rows[: self.per_page], number, self)
-        return super().page(number)
 
 
 class RequestLogChangeList(ChangeList):
@@ -81,42 +41,6 @@ class RequestLogChangeList(ChangeList):
         self.previous_url = self.get_query_string({PAGE_VAR: self.page_num - 1}) if self.page_num > 1 else None
         has_next = len(paginator.rows) > self.list_per_page
         self.next_url = self.get_query_string({PAGE_VAR: self.page_num + 1}) if has_next else None
-
-
-class InputFilter(admin.ListFilter):
-    """A filter the operator types into (a small GET form keeping the other filters), for values too many to list."""
-
-    template = "admin/proxy/usagerecord/input_filter.html"
-    parameters: tuple[str, ...] = ()
-
-    def __init__(self, request: HttpRequest, params: dict, model, model_admin) -> None:
-        super().__init__(request, params, model, model_admin)
-        for name in self.parameters:
-            if name in params:
-                value = params.pop(name)[-1].strip()
-                if value:
-                    self.used_parameters[name] = value
-        self.hidden_params: list[tuple[str, str]] = []
-
-    def has_output(self) -> bool:
-        return True
-
-    def expected_parameters(self) -> list[str]:
-        return list(self.parameters)
-
-    def choices(self, changelist) -> Iterator[dict]:
-        """Links (presets, "All"); also notes which other parameters the form must carry along."""
-        self.hidden_params = [
-            (name, value)
-            for name, values in changelist.filter_params.items()
-            if name not in self.parameters
-            for value in values
-        ]
-        yield {
-            "selected": not self.used_parameters,
-            "query_string": changelist.get_query_string(remove=list(self.parameters)),
-            "display": "All",
-        }
 
 
 class TokenFilter(InputFilter):
@@ -217,13 +141,6 @@ class ModelFilter(admin.SimpleListFilter):
         return queryset.filter(model=self.value()) if self.value() else queryset
 
 
-class _Echo:
-    """What csv.writer writes to: hands each line back instead of buffering it."""
-
-    def write(self, line: str) -> str:
-        return line
-
-
 # (CSV column, what it reads): plain values, not model instances, so a million rows export in seconds.
 CSV_COLUMNS = [
     ("time", "time"),
@@ -277,25 +194,13 @@ def _rows_in_chunks(records: QuerySet[UsageRecord], fields: list[str], chunk_siz
         position = after(*chunk[-1][:2])
 
 
-def csv_chunks(records: QuerySet[UsageRecord], chunk_size: int = 2000) -> Iterator[str]:
-    """The CSV text of every row, a chunk at a time: constant memory at any size."""
-    from tokens.admin import _csv_cell  # here: tokens.admin imports this module for its usage panel
-
-    writer = csv.writer(_Echo())
-    yield writer.writerow([column for column, _ in CSV_COLUMNS])
-    for rows in _rows_in_chunks(records, [field for _, field in CSV_COLUMNS], chunk_size):
-        yield "".join(writer.writerow([_csv_cell(value) for value in row]) for row in rows)
-
-
-async def _async_chunks(chunks: Iterator[str]) -> AsyncIterator[str]:
-    """For an ASGI server, which would otherwise read a synchronous iterator to its end before sending a byte."""
-    step = sync_to_async(next)
-    while (chunk := await step(chunks, None)) is not None:
-        yield chunk
+def csv_rows(records: QuerySet[UsageRecord], chunk_size: int = 2000) -> Iterator[list[tuple]]:
+    """Every row of the export, a chunk at a time."""
+    return _rows_in_chunks(records, [field for _, field in CSV_COLUMNS], chunk_size)
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "when",
         "project_link",
@@ -332,17 +237,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
     show_facets = ShowFacets.NEVER
     actions = None
     view_on_site = False
-
-    # --- read-only -----------------------------------------------------------------------------------------------
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
-        return False
 
     # --- list ------------------------------------------------------------------------------------------------
 
@@ -440,25 +334,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
             changelist = self.get_changelist_instance(request)
         except IncorrectLookupParameters:
             return HttpResponseRedirect(reverse("admin:proxy_usagerecord_changelist") + "?e=1")
-        chunks: Iterable[str] | AsyncIterator[str] = csv_chunks(changelist.queryset)
-        if isinstance(request, ASGIRequest):
-            chunks = _async_chunks(chunks)
-        response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-        response["Content-Disposition"] = f'attachment; filename="requests-{stamp}.csv"'
-        return response
-
-
-def usage_panel(request: HttpRequest, *, project: Project | None = None, token: Token | None = None) -> dict:
-    """What the usage panel of a project or token page shows (templates/admin/includes/usage_panel.html)."""
-    scope = {"project": project, "token": token}
-    query = f"?token={token.pk}" if token is not None else f"?project__id__exact={project.pk}"
-    return {
-        "totals": usage_totals(**scope),
-        "daily": usage_daily(**scope, days=30),
-        "top_models": top_models(**scope, days=30),
-        "recent": [(record, status_badge(record)) for record in recent_requests(**scope, limit=10)],
-        "show_token": token is None,
-        "can_view_log": request.user.has_perm("proxy.view_usagerecord"),
-        "all_requests_url": reverse("admin:proxy_usagerecord_changelist") + query,
-    }
+        header = [column for column, _ in CSV_COLUMNS]
+        return csv_response(request, f"requests-{stamp}.csv", header, csv_rows(changelist.queryset))

@@ -30,16 +30,13 @@ from . import db, errors
 
 @dataclass(frozen=True)
 class Admission:
-    token_id: uuid.UUID
-    project_id: uuid.UUID
-    api_key_ciphertext: str
+    """What admission decided: admitted (no `refusal`, and the project's encrypted key), or refused and why. The
+    token and its project are named whenever they are known, refused or not."""
 
-
-@dataclass(frozen=True)
-class Refused:
-    refusal: errors.Refusal
-    token_id: uuid.UUID | None = None
-    project_id: uuid.UUID | None = None
+    token_id: uuid.UUID | None
+    project_id: uuid.UUID | None
+    api_key_ciphertext: str = ""
+    refusal: errors.Refusal | None = None
 
 
 @cache
@@ -64,7 +61,7 @@ def _uuid(value) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
-def admit(digest: str, now: datetime | None = None) -> Admission | Refused:
+def admit(digest: str, now: datetime | None = None) -> Admission:
     """Admit and count one request for the token with this digest, or say why not. Runs in a worker thread."""
     now = now or timezone.now()
     stamp = connection.ops.adapt_datetimefield_value(now)
@@ -76,7 +73,7 @@ def admit(digest: str, now: datetime | None = None) -> Admission | Refused:
     return why_refused(digest, now)
 
 
-async def admit_async(digest: str) -> Admission | Refused:
+async def admit_async(digest: str) -> Admission:
     """`admit`, awaited from the event loop. The rare refusal is explained on the database thread."""
     if not db.is_postgresql():
         return await db.run(admit, digest)
@@ -90,7 +87,7 @@ async def admit_async(digest: str) -> Admission | Refused:
     return await db.run(why_refused, digest, now)
 
 
-def why_refused(digest: str, now: datetime) -> Refused:
+def why_refused(digest: str, now: datetime) -> Admission:
     """The one follow-up query: which rule refused the token (in the order the status rule gives)."""
     token = (
         Token.objects.filter(digest=digest)
@@ -99,7 +96,7 @@ def why_refused(digest: str, now: datetime) -> Refused:
         .first()
     )
     if token is None:
-        return Refused(errors.unknown_token())
+        return Admission(token_id=None, project_id=None, refusal=errors.unknown_token())
     status = token.status_at(now)
     if status == TokenStatus.REVOKED:
         refusal = errors.token_revoked()
@@ -111,4 +108,4 @@ def why_refused(digest: str, now: datetime) -> Refused:
         # Limit reached; or, in a race with an operator raising it between the two statements, usable again: the
         # next request is admitted.
         refusal = errors.request_limit_reached(token.max_requests or token.request_count)
-    return Refused(refusal, token_id=token.id, project_id=token.project_id)
+    return Admission(token_id=token.id, project_id=token.project_id, refusal=refusal)

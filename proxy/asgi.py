@@ -3,8 +3,7 @@
 The admin's middleware (sessions, CSRF, messages, clickjacking, …) has nothing to do for an API call, and on an
 async request Django runs each of its hooks through a hop to a thread: a dozen hops per request. The proxy's own
 handler loads none, so a request reaches the view directly (URL resolution, the view and its response are plain
-Django). It also refuses a body over PROXY_MAX_BODY_BYTES from its Content-Length before reading it, and stops
-reading a body without one as soon as it passes the limit.
+Django). It is also the one place the body limit (PROXY_MAX_BODY_BYTES) is kept (`BodyLimit`).
 """
 
 import asyncio
@@ -15,21 +14,36 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
-from . import cors, errors, headers
-from .exchange import Exchange
+from . import errors
+from .exchange import Exchange, read_headers
 from .relay import UpstreamInterrupted
 
 PREFIX = "/v1/"
 
 
-class _BodyLimit:
-    """Wraps `receive`: past the limit, it reports a disconnect, so Django stops reading and answers nothing."""
+class BodyLimit:
+    """A request body's size against a limit: refused up front by its Content-Length when that says too much, or
+    cut off as soon as the body read so far passes the limit (a chunked body has no length to go by).
 
-    def __init__(self, receive, limit: int) -> None:
+    Wraps `receive`: past the limit it reports a disconnect, so Django stops reading and answers nothing; `exceeded`
+    then says the answer is 413.
+    """
+
+    def __init__(self, scope, receive, limit: int) -> None:
         self.receive = receive
         self.limit = limit
         self.received = 0
-        self.exceeded = False
+        self.exceeded = self._declared(scope) > limit
+
+    @staticmethod
+    def _declared(scope) -> int:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return 0
+        return 0
 
     async def __call__(self):
         message = await self.receive()
@@ -39,16 +53,6 @@ class _BodyLimit:
                 self.exceeded = True
                 return {"type": "http.disconnect"}
         return message
-
-
-def _content_length(scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 class ProxyHandler(ASGIHandler):
@@ -103,12 +107,10 @@ class ProxyHandler(ASGIHandler):
             await self.send_response(response, send)
 
     async def __call__(self, scope, receive, send) -> None:
-        limit = settings.PROXY_MAX_BODY_BYTES
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            await self._too_large(scope, send, limit)
+        guarded = BodyLimit(scope, receive, settings.PROXY_MAX_BODY_BYTES)
+        if guarded.exceeded:
+            await self._too_large(scope, send, guarded.limit)
             return
-        guarded = _BodyLimit(receive, limit)
         try:
             # Django's own __call__ wraps this in a ThreadSensitiveContext, which starts a new thread per request
             # for sync code; the proxy's handle runs none (see handle), so none is started.
@@ -118,19 +120,10 @@ class ProxyHandler(ASGIHandler):
             # chunk, so the client sees the body is cut (already logged, without a traceback).
             return
         if guarded.exceeded:
-            await self._too_large(scope, send, limit)
+            await self._too_large(scope, send, guarded.limit)
 
     async def _too_large(self, scope, send, limit: int) -> None:
-        wanted = {name: value.decode("latin-1") for name, value in scope["headers"]}
-        origin = wanted.get(b"origin")
-        client = scope.get("client")
-        exchange = Exchange(
-            method=scope["method"],
-            path=scope["path"],
-            request_id=headers.request_id(wanted.get(b"x-request-id")),
-            client_ip=client[0] if client else None,
-            origin=origin if cors.allowed(origin) else None,
-        )
+        exchange = Exchange.from_scope(scope, read_headers(scope))
         await self.send_response(exchange.refuse(errors.body_too_large(limit)), send)
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from django.http import HttpResponse
 
+from llmproxy.security.models import SecurityEventKind, SecurityEventReason
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -16,6 +18,11 @@ class Refusal:
     message: str
     type: str = "invalid_request_error"
     retry: bool = False  # whether the SDK should retry it (it retries 429 and 5xx unless told not to)
+    event: tuple[str, str] | None = None  # (kind, reason) of the security event it is, if it is one
+
+
+def _auth_failed(reason: str) -> tuple[str, str]:
+    return SecurityEventKind.PROXY_AUTH_FAILED, reason
 
 
 def missing_token() -> Refusal:
@@ -24,6 +31,7 @@ def missing_token() -> Refusal:
         "missing_token",
         "No token provided. Send your sk-wt-… token as 'Authorization: Bearer <token>' "
         "(the OpenAI SDKs do this with api_key=<token>).",
+        event=_auth_failed(SecurityEventReason.MISSING),
     )
 
 
@@ -32,23 +40,44 @@ def invalid_token_format() -> Refusal:
         401,
         "invalid_token_format",
         "Malformed token: expected 'sk-wt-' followed by 32 letters and digits.",
+        event=_auth_failed(SecurityEventReason.MALFORMED),
     )
 
 
 def unknown_token() -> Refusal:
-    return Refusal(401, "invalid_token", "Unknown token. Check that you copied it completely.")
+    return Refusal(
+        401,
+        "invalid_token",
+        "Unknown token. Check that you copied it completely.",
+        event=_auth_failed(SecurityEventReason.UNKNOWN),
+    )
 
 
 def token_revoked() -> Refusal:
-    return Refusal(401, "token_revoked", "This token has been revoked. Ask the operator for a new one.")
+    return Refusal(
+        401,
+        "token_revoked",
+        "This token has been revoked. Ask the operator for a new one.",
+        event=_auth_failed(SecurityEventReason.REVOKED),
+    )
 
 
 def token_expired() -> Refusal:
-    return Refusal(401, "token_expired", "This token has expired. Ask the operator for a new one.")
+    return Refusal(
+        401,
+        "token_expired",
+        "This token has expired. Ask the operator for a new one.",
+        event=_auth_failed(SecurityEventReason.EXPIRED),
+    )
 
 
 def project_inactive() -> Refusal:
-    return Refusal(403, "project_inactive", "The project of this token is inactive. Ask the operator.")
+    return Refusal(
+        403,
+        "project_inactive",
+        "The project of this token is inactive. Ask the operator.",
+        event=(SecurityEventKind.PROJECT_INACTIVE, ""),
+    )
 
 
 def request_limit_reached(limit: int) -> Refusal:

@@ -9,13 +9,21 @@ from django.http import HttpResponse
 
 from tokens import secret
 
-from . import cors, errors, usage
+from . import cors, errors, headers
+from .writer import Record, writer
+
+# The request headers the proxy itself reads (all of them are forwarded, or dropped, by `headers`).
+READ_HEADERS = frozenset({b"authorization", b"origin", b"x-request-id", b"content-type"})
+
+
+def read_headers(scope: dict) -> dict[bytes, str]:
+    return {name: value.decode("latin-1") for name, value in scope["headers"] if name in READ_HEADERS}
 
 
 def token_prefix(presented: str) -> str:
     """What may be recorded of a presented token: the display prefix of something shaped like ours, else nothing
     (a client may paste a real OpenAI key by mistake)."""
-    return secret.display_prefix(presented) if presented.startswith(secret.PREFIX) else ""
+    return secret.display_prefix(presented) if presented.startswith(secret.TOKEN.prefix) else ""
 
 
 @dataclass
@@ -31,6 +39,19 @@ class Exchange:
     token_id: UUID | None = None
     project_id: UUID | None = None
     model: str = ""
+
+    @classmethod
+    def from_scope(cls, scope: dict, read: dict[bytes, str]) -> "Exchange":
+        """`read`: the request's headers that the proxy reads (`read_headers`)."""
+        origin = read.get(b"origin")
+        client = scope.get("client")
+        return cls(
+            method=scope["method"],
+            path=scope["path"],
+            request_id=headers.request_id(read.get(b"x-request-id")),
+            client_ip=client[0] if client else None,
+            origin=origin if cors.allowed(origin) else None,
+        )
 
     def elapsed_ms(self, until: float | None = None) -> float:
         return ((until or time.perf_counter()) - self.started) * 1000
@@ -48,12 +69,14 @@ class Exchange:
         for name, value in (errors.refusal_headers(refusal) | self.headers() | (extra_headers or {})).items():
             response[name] = value
         response["Server-Timing"] = f"proxy;dur={duration:.2f}"
-        self.record(status=refusal.status, duration_ms=duration, refusal_code=refusal.code)
+        self.record(
+            status=refusal.status, duration_ms=duration, refusal_code=refusal.code, security_event=refusal.event
+        )
         return response
 
     def record(self, **fields) -> None:
-        usage.writer.put(
-            usage.Record(
+        writer.put(
+            Record(
                 time=self.arrived,
                 method=self.method,
                 path=self.path,

@@ -5,7 +5,7 @@ empties it at start) and `/metrics` adds up all workers' files, so a scrape sees
 answers it. Without that directory (tests, runserver) the process's own registry is served.
 
 Per-request values are counted by the usage writer thread from the same rows it stores (see
-`proxy.usage.UsageWriter`), not on the event loop: token counts of JSON bodies are only known there. Only the
+`proxy.writer.UsageWriter`), not on the event loop: token counts of JSON bodies are only known there. Only the
 streams-in-flight gauge moves on the event loop, as a stream starts and ends.
 
 Label values stay bounded: `project` is the project's name (operators create projects; a rename starts a new
@@ -25,6 +25,8 @@ from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from tokens import secret
 
 # Seconds: from a few milliseconds (a refusal) to the longest streams.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -147,8 +149,8 @@ def _authorised(request: HttpRequest) -> bool:
     expected = settings.METRICS_TOKEN
     if not expected:
         return True
-    presented = request.headers.get("Authorization", "")
-    return hmac.compare_digest(presented.encode(), f"Bearer {expected}".encode())
+    presented = secret.bearer(request.headers.get("Authorization", "")) or ""
+    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 @require_safe

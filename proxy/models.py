@@ -8,6 +8,8 @@ from django.utils import timezone
 from projects.models import Project
 from tokens.models import Token
 
+from .managers import UsageDailyManager
+
 
 def log_reference(model: type[models.Model]) -> models.ForeignKey:
     """A nullable reference from a log row: no database constraint or index of its own (see UsageRecord)."""
@@ -90,6 +92,8 @@ class UsageDaily(models.Model):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     total_tokens = models.PositiveBigIntegerField(default=0)
+
+    objects = UsageDailyManager()
 
     class Meta:
         ordering = ["-day"]

@@ -12,8 +12,8 @@ import time
 import httpx
 
 from . import metrics
+from .counting import StreamUsage
 from .exchange import Exchange
-from .usage import StreamUsage
 
 logger = logging.getLogger(__name__)
 

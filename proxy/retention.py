@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from llmproxy.audit import Actor
-from llmproxy.models import SecurityEvent
+from llmproxy.security.models import SecurityEvent
 
 from .models import UsageRecord
 

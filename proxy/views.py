@@ -12,7 +12,6 @@ from functools import lru_cache
 
 import httpx
 import psycopg
-from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.encoding import escape_uri_path
@@ -23,13 +22,11 @@ from projects import crypto
 from tokens import secret
 
 from . import admission, cors, endpoints, errors, headers, payload, upstream
-from .exchange import Exchange, token_prefix
+from .counting import StreamUsage
+from .exchange import Exchange, read_headers, token_prefix
 from .relay import Relay
-from .usage import StreamUsage
 
 logger = logging.getLogger(__name__)
-
-_WANTED = frozenset({b"authorization", b"origin", b"x-request-id", b"content-type"})
 
 
 @lru_cache(maxsize=1024)
@@ -38,41 +35,17 @@ def _upstream_key(ciphertext: str) -> bytes:
     return crypto.decrypt(ciphertext).encode()
 
 
-def _client_headers(request: HttpRequest) -> list[tuple[bytes, bytes]]:
-    scope = getattr(request, "scope", None)
-    if scope is not None:
-        return scope["headers"]
-    return [(name.lower().encode(), value.encode("latin-1")) for name, value in request.headers.items()]
-
-
-def _bearer(value: str) -> str | None:
-    scheme, _, credentials = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        return None
-    return credentials.strip()
-
-
-def new_exchange(request: HttpRequest, wanted: dict[bytes, str]) -> Exchange:
-    origin = wanted.get(b"origin")
-    return Exchange(
-        method=request.method or "",
-        path=request.path,
-        request_id=headers.request_id(wanted.get(b"x-request-id")),
-        client_ip=request.META.get("REMOTE_ADDR") or None,
-        origin=origin if cors.allowed(origin) else None,
-    )
-
-
 @csrf_exempt
 async def forward(request: HttpRequest, path: str) -> HttpResponse:
-    client_headers = _client_headers(request)
-    wanted = {name: value.decode("latin-1") for name, value in client_headers if name in _WANTED}
-    exchange = new_exchange(request, wanted)
+    """Served under ASGI by `proxy.asgi.ProxyHandler`, which has already checked the body's size."""
+    scope = request.scope
+    read = read_headers(scope)
+    exchange = Exchange.from_scope(scope, read)
     api_path = "/" + path
     try:
         if request.method == "OPTIONS":
             return preflight(request, exchange, api_path)
-        return await _forward(request, exchange, api_path, client_headers, wanted)
+        return await _forward(request, scope, exchange, api_path, read)
     except asyncio.CancelledError:
         exchange.record(status=499, duration_ms=exchange.elapsed_ms(), client_aborted=True)
         raise
@@ -95,11 +68,7 @@ def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpRe
 
 
 async def _forward(
-    request: HttpRequest,
-    exchange: Exchange,
-    api_path: str,
-    client_headers: list[tuple[bytes, bytes]],
-    wanted: dict[bytes, str],
+    request: HttpRequest, scope: dict, exchange: Exchange, api_path: str, read: dict[bytes, str]
 ) -> HttpResponse:
     method = exchange.method
     check = endpoints.check(method, api_path)
@@ -109,16 +78,12 @@ async def _forward(
             return exchange.refuse(errors.method_not_allowed(method, exchange.path, check.methods), {"Allow": allow})
         return exchange.refuse(errors.endpoint_not_allowed(method, exchange.path))
 
-    presented = _bearer(wanted.get(b"authorization", ""))
+    presented = secret.bearer(read.get(b"authorization", ""))
     if presented is None:
         return exchange.refuse(errors.missing_token())
     exchange.token_prefix = token_prefix(presented)
-    if not secret.is_well_formed(presented):
+    if not secret.TOKEN.is_well_formed(presented):
         return exchange.refuse(errors.invalid_token_format())
-
-    body = request.body
-    if len(body) > settings.PROXY_MAX_BODY_BYTES:
-        return exchange.refuse(errors.body_too_large(settings.PROXY_MAX_BODY_BYTES))
 
     try:
         admitted = await admission.admit_async(secret.digest(presented))
@@ -128,7 +93,7 @@ async def _forward(
         )
         return exchange.refuse(errors.database_unavailable())
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
-    if isinstance(admitted, admission.Refused):
+    if admitted.refusal is not None:
         return exchange.refuse(admitted.refusal)
     try:
         api_key = _upstream_key(admitted.api_key_ciphertext)
@@ -136,14 +101,14 @@ async def _forward(
         logger.error("the upstream key of project %s cannot be decrypted with ENCRYPTION_KEYS", admitted.project_id)
         return exchange.refuse(errors.upstream_key_unusable())
 
-    sent = payload.inspect(body, wanted.get(b"content-type", ""), api_path)
+    sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path)
     exchange.model = sent.model
-    raw_path = getattr(request, "scope", {}).get("raw_path")
-    forwarded_path = (raw_path.decode("latin-1") if raw_path else escape_uri_path(request.path))[len("/v1") :]
+    raw_path = scope.get("raw_path") or escape_uri_path(scope["path"]).encode()  # raw_path is optional in ASGI
+    forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
     upstream_request = upstream.build_request(
         method,
         upstream.url(forwarded_path, request.META.get("QUERY_STRING", "")),
-        headers.upstream_request_headers(client_headers, api_key=api_key, request_id=exchange.request_id.encode()),
+        headers.upstream_request_headers(scope["headers"], api_key=api_key, request_id=exchange.request_id.encode()),
         sent.body,
     )
     sent_at = time.perf_counter()

@@ -43,11 +43,11 @@ def make_project(operator):
     counter = iter(range(1, 10_000))
 
     def make(name: str | None = None, api_key: str = VALID_KEY, active: bool = True):
-        from projects.services import project_deactivate
+        from tokens.services import project_set_active
 
         project = project_create(name=name or f"Project {next(counter)}", api_key=api_key, actor=operator)
         if not active:
-            project = project_deactivate(project=project, actor=operator)
+            project = project_set_active(active=False, project=project, actor=operator).project
         return project
 
     return make

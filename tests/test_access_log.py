@@ -13,7 +13,8 @@ import openai
 import pytest
 from django.db import connection
 
-from proxy.access_log import JsonFormatter, ProxiedRequestWarnings, TextFormatter, log_request
+from llmproxy.logs import JsonFormatter, TextFormatter
+from proxy.access_log import ProxiedRequestWarnings, log_request
 from tests.conftest import VALID_KEY
 from tests.live import TEST_SERVER_ENV, database_url, start_server
 

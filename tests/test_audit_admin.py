@@ -11,10 +11,10 @@ from django.utils import timezone
 
 from llmproxy.audit import Actor
 from projects.models import Project
-from projects.services import project_create, project_deactivate
+from projects.services import project_create
 from tests.conftest import OTHER_KEY, VALID_KEY
 from tokens.models import Token
-from tokens.services import project_tokens_revoke
+from tokens.services import project_set_active, project_tokens_revoke
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +29,7 @@ def trail(make_project, make_token, operator):
     make_token(admin_made)
     api_made = project_create(name="API made", api_key=OTHER_KEY, actor=MANAGEMENT)
     cli_made = project_create(name="CLI made", api_key=VALID_KEY, actor=Actor.cli("command line (root)"))
-    project_deactivate(project=cli_made, actor=Actor.cli("command line (root)"))
+    project_set_active(active=False, project=cli_made, actor=Actor.cli("command line (root)"))
     return {"admin": admin_made, "api": api_made, "cli": cli_made}
 
 

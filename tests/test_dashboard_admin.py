@@ -9,10 +9,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from llmproxy.audit import Actor
-from projects.services import project_create, project_deactivate
+from projects.services import project_create
 from tests.conftest import OTHER_KEY, VALID_KEY
 from tokens.models import Token
-from tokens.services import token_revoke
+from tokens.services import project_set_active, token_revoke
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def test_dashboard_counts_projects_and_tokens(admin_client, make_project, make_t
     expired = make_token(live, hours=48).token
     Token.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
     make_token(other, hours=2)  # blocked: its project goes inactive
-    project_deactivate(project=other, actor=operator)
+    project_set_active(active=False, project=other, actor=operator)
     make_project("Third")
 
     response = admin_client.get(HOME)

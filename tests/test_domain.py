@@ -8,12 +8,12 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from projects.models import Project
-from projects.services import project_deactivate, project_update
+from projects.services import project_update
 from tests.conftest import OTHER_KEY, VALID_KEY
 from tokens import secret
 from tokens.models import Token, TokenStatus
 from tokens.selectors import token_search_filter
-from tokens.services import project_tokens_revoke, token_revoke, token_set_max_requests
+from tokens.services import project_set_active, project_tokens_revoke, token_revoke, token_set_max_requests
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +68,7 @@ def test_key_rotation_is_audited_without_the_key(make_project, operator):
 
 def test_token_format_and_storage(make_project, make_token):
     issued = make_token(make_project())
-    assert secret.is_well_formed(issued.plaintext)
+    assert secret.TOKEN.is_well_formed(issued.plaintext)
     assert len(issued.plaintext) == 38
     token = Token.objects.get(pk=issued.token.pk)
     assert token.digest == secret.digest(issued.plaintext)
@@ -109,7 +109,7 @@ def test_status_rule_in_python_and_sql_agree(make_project, make_token, operator)
 def test_deactivation_blocks_but_revokes_nothing(make_project, make_token, operator):
     project = make_project()
     token = make_token(project).token
-    project_deactivate(project=project, actor=operator)
+    project_set_active(active=False, project=project, actor=operator)
     assert Token.objects.get(pk=token.pk).status == TokenStatus.ACTIVE
     assert not Token.objects.usable().exists()
 
@@ -118,8 +118,8 @@ def test_revoke_all_logs_every_token(make_project, make_token, operator):
     project = make_project()
     tokens = [make_token(project).token for _ in range(3)]
     token_revoke(token=tokens[0], actor=operator)
-    assert project_tokens_revoke(project=project, actor=operator) == 2
-    assert project_tokens_revoke(project=project, actor=operator) == 0
+    assert project_tokens_revoke(project=project, actor=operator).revoked == 2
+    assert project_tokens_revoke(project=project, actor=operator).revoked == 0
     for token in tokens:
         entry = LogEntry.objects.get_for_object(token).order_by("-timestamp").first()
         assert "revoked_at" in entry.changes_dict and entry.actor.username == "operator"

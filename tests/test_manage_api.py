@@ -100,12 +100,12 @@ def test_unknown_paths_get_a_json_404(api):
 
 
 def test_an_unexpected_error_is_still_a_json_answer_without_details(api, monkeypatch):
-    from llmproxy.manage_api import selectors
+    from llmproxy.manage_api import views
 
     def broken():
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(selectors, "projects_for_api", broken)
+    monkeypatch.setattr(views, "projects_by_name", broken)
     status, body, response = api("GET", "/manage/projects")
     assert (status, body) == (500, {"error": "internal error", "code": "internal_error"})
     assert b"secret internals" not in response.content
@@ -198,13 +198,13 @@ def test_patch_deactivates_and_reactivates(api, make_project, make_token):
 
 
 def test_deactivating_with_revoke_tokens_revokes_them_even_if_already_inactive(api, make_project, make_token, operator):
-    from projects.services import project_deactivate
+    from tokens.services import project_set_active
 
     bystander = make_token(make_project()).token
     project = make_project()
     make_token(project)
     make_token(project)
-    project_deactivate(project=project, actor=operator)
+    project_set_active(active=False, project=project, actor=operator)
     payload = {"is_active": False, "revoke_tokens": True}
     status, body, _ = api("PATCH", f"/manage/projects/{project.pk}", payload)
     assert status == 200
@@ -299,7 +299,7 @@ def test_create_a_token_returns_it_once(api, make_project):
     status, body, _ = api("POST", "/manage/tokens", payload)
     assert status == 201
     assert set(body) == {"id", "token", "expires_at", "max_requests", "project_id", "label"}
-    assert secret.is_well_formed(body["token"])
+    assert secret.TOKEN.is_well_formed(body["token"])
     assert body["max_requests"] == 10 and body["label"] == "ci run 42" and body["project_id"] == str(project.pk)
     token = Token.objects.get(pk=body["id"])
     assert token.digest == secret.digest(body["token"])
@@ -580,7 +580,7 @@ def test_a_minting_key_mints_lists_reads_and_revokes_its_own_tokens(api, minting
     key, project = minting_key.plaintext, minting_key.key.project
     payload = {"project_id": str(project.pk), "duration_minutes": 15, "label": "session 1"}
     status, created, _ = api("POST", "/manage/tokens", payload, token=key)
-    assert status == 201 and secret.is_well_formed(created["token"])
+    assert status == 201 and secret.TOKEN.is_well_formed(created["token"])
     listed = api("GET", "/manage/tokens", token=key)[1]
     assert [t["id"] for t in listed["tokens"]] == [created["id"]]
     assert api("GET", f"/manage/tokens?project_id={project.pk}", token=key)[0] == 200
@@ -651,7 +651,7 @@ def test_a_minting_key_is_stored_only_as_a_digest(minting_key):
 
 
 def test_failed_authentications_are_counted_as_security_events(client):
-    from llmproxy.models import SecurityEvent, SecurityEventKind
+    from llmproxy.security.models import SecurityEvent, SecurityEventKind
 
     for _ in range(3):
         client.get("/manage/projects", HTTP_AUTHORIZATION="Bearer wrong-token", REMOTE_ADDR="198.51.100.7")

@@ -77,7 +77,8 @@ def test_revoke_asks_for_confirmation_then_revokes(admin_client, make_project, o
 
 def test_minting_keys_cannot_be_deleted_or_edited(admin_client, make_project, operator):
     issued = minting_key_create(project=make_project(), name="ci", actor=operator)
-    assert admin_client.get(f"{CHANGELIST}{issued.key.pk}/delete/").status_code == 403
+    # Never deleted, like projects and tokens: the delete URL is not allowed at all (405), not just forbidden.
+    assert admin_client.get(f"{CHANGELIST}{issued.key.pk}/delete/").status_code == 405
     admin_client.post(f"{CHANGELIST}{issued.key.pk}/change/", {"name": "renamed"})
     assert MintingKey.objects.get(pk=issued.key.pk).name == "ci"
     assert "delete_selected" not in admin_client.get(CHANGELIST).content.decode()

@@ -9,10 +9,9 @@ from django.test import Client
 from django.urls import reverse
 
 from projects.models import Project
-from projects.services import project_deactivate
 from tests.conftest import OTHER_KEY, VALID_KEY
 from tokens.models import Token
-from tokens.services import INACTIVE_PROJECT, token_generate, token_revoke
+from tokens.services import INACTIVE_PROJECT, project_set_active, token_generate, token_revoke
 
 pytestmark = pytest.mark.django_db
 
@@ -258,7 +257,7 @@ def test_activate_asks_first_then_makes_unrevoked_tokens_usable_again(admin_clie
     project = make_project()
     kept, revoked = make_token(project).token, make_token(project).token
     token_revoke(token=revoked, actor=operator)
-    project_deactivate(project=project, actor=operator)
+    project_set_active(active=False, project=project, actor=operator)
     assert not Token.objects.usable().filter(project=project).exists()
     text = page(admin_client.get(url("activate", project)))
     assert "makes its tokens usable again" in text and 'method="post"' in text

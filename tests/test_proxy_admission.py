@@ -7,7 +7,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-from proxy.admission import Admission, Refused, admit
+from proxy.admission import admit
 from tokens import secret
 from tokens.models import Token, TokenStatus
 from tokens.services import token_revoke
@@ -41,9 +41,9 @@ def test_the_statement_admits_exactly_what_the_status_rule_calls_usable(make_pro
                 token_revoke(token=token, actor=operator)
             cases.append((state, project_active, token.pk, issued.plaintext))
         if not project_active:
-            from projects.services import project_deactivate
+            from tokens.services import project_set_active
 
-            project_deactivate(project=project, actor=operator)
+            project_set_active(active=False, project=project, actor=operator)
 
     for state, project_active, pk, plaintext in cases:
         before = Token.objects.get(pk=pk)
@@ -51,13 +51,12 @@ def test_the_statement_admits_exactly_what_the_status_rule_calls_usable(make_pro
         result = admit(secret.digest(plaintext), now)
         after = Token.objects.get(pk=pk)
 
-        assert isinstance(result, Admission) == usable, (state, project_active)
+        assert (result.refusal is None) == usable, (state, project_active)
         if usable:
             assert after.request_count == before.request_count + 1 and after.last_used_at == now
             assert result.token_id == pk and result.project_id == before.project_id
         else:
             assert after.request_count == before.request_count and after.last_used_at == before.last_used_at
-            assert isinstance(result, Refused)
             status = before.status_at(now)
             expected = EXPECTED_CODE.get(status, "project_inactive")
             if status == TokenStatus.LIMIT_REACHED and not project_active:
@@ -67,8 +66,8 @@ def test_the_statement_admits_exactly_what_the_status_rule_calls_usable(make_pro
 
 @pytest.mark.django_db
 def test_an_unknown_token_is_refused_without_a_write():
-    result = admit(secret.digest(secret.generate()))
-    assert isinstance(result, Refused) and result.refusal.code == "invalid_token" and result.token_id is None
+    result = admit(secret.digest(secret.TOKEN.generate()))
+    assert result.refusal.code == "invalid_token" and result.token_id is None
 
 
 @pytest.mark.usefixtures("live_db")

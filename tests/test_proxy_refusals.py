@@ -9,11 +9,11 @@ from cryptography.fernet import Fernet
 from django.utils import timezone
 
 from projects.models import Project
-from projects.services import project_activate, project_deactivate, project_update
+from projects.services import project_update
 from tests.conftest import OTHER_KEY, VALID_KEY
 from tests.live import wait_for_usage
 from tokens.models import Token
-from tokens.services import token_revoke, token_set_max_requests
+from tokens.services import project_set_active, token_revoke, token_set_max_requests
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -94,12 +94,12 @@ def test_deactivated_project_refuses_at_once_and_reactivation_restores(
     openai_client, project, issued, operator, upstream
 ):
     client = openai_client(issued.plaintext)
-    project_deactivate(project=project, actor=operator)
+    project_set_active(active=False, project=project, actor=operator)
 
     error = refused(client, openai.PermissionDeniedError)
     assert error.status_code == 403 and error.code == "project_inactive"
 
-    project_activate(project=project, actor=operator)
+    project_set_active(active=True, project=project, actor=operator)
     assert client.chat.completions.create(**CHAT).choices
 
 
@@ -208,7 +208,7 @@ def test_undecryptable_upstream_key(openai_client, project, issued, upstream):
 
 def test_refusals_are_recorded(openai_client, issued, project, operator):
     client = openai_client(issued.plaintext)
-    project_deactivate(project=project, actor=operator)
+    project_set_active(active=False, project=project, actor=operator)
     refused(client, openai.PermissionDeniedError)
 
     (record,) = wait_for_usage(1)

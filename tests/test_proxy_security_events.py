@@ -9,11 +9,10 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
-from llmproxy.models import SecurityEvent
-from projects.services import project_deactivate
+from llmproxy.security.models import SecurityEvent
 from tokens import secret
 from tokens.models import Token
-from tokens.services import token_revoke, token_set_max_requests
+from tokens.services import project_set_active, token_revoke, token_set_max_requests
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -90,7 +89,7 @@ def test_revoked_and_expired_tokens_name_the_token_and_its_project(
 def test_an_inactive_project_is_its_own_kind(proxy_server, upstream, make_project, make_token, operator):
     project = make_project()
     issued = make_token(project)
-    project_deactivate(project=project, actor=operator)
+    project_set_active(active=False, project=project, actor=operator)
 
     assert post(proxy_server, issued.plaintext).status_code == 403
     assert post(proxy_server, issued.plaintext).status_code == 403

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from proxy import endpoints, payload
-from proxy.usage import StreamUsage, TokenCounts, counts_from_json_tail
+from proxy.counting import StreamUsage, TokenCounts, counts_from_json_tail
 from tests.live import wait_for_usage
 
 

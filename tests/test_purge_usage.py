@@ -12,10 +12,11 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from llmproxy.models import SecurityEvent, SecurityEventKind
+from llmproxy.security.models import SecurityEvent, SecurityEventKind
 from proxy import selectors
+from proxy.counting import TokenCounts
 from proxy.models import UsageDaily, UsageRecord
-from proxy.usage import Record, TokenCounts, UsageWriter
+from proxy.writer import Record, UsageWriter
 
 NOW = datetime.now(UTC)
 
@@ -28,7 +29,7 @@ def purge(*args: str) -> str:
 
 def write_usage(project, token, *, days_ago: float, count: int = 1) -> None:
     """Requests of `days_ago` days ago, written the way the proxy writes them (records and per-day sums)."""
-    UsageWriter()._write(
+    UsageWriter().write(
         [
             Record(
                 time=NOW - timedelta(days=days_ago),

@@ -8,9 +8,9 @@ from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from llmproxy import security
-from llmproxy.models import SecurityEvent, SecurityEventKind, SecurityEventReason
-from llmproxy.security import record_security_event
+from llmproxy.security import events as security_events
+from llmproxy.security.events import record_security_event
+from llmproxy.security.models import SecurityEvent, SecurityEventKind, SecurityEventReason
 from tests.conftest import VALID_KEY
 from tokens import secret
 
@@ -70,7 +70,7 @@ def test_identity_separates_tokens_projects_reasons_users_and_hours(make_project
     assert SecurityEvent.objects.get(token=second).token_prefix == second.prefix
 
     later = timezone.now() + timedelta(hours=1)
-    monkeypatch.setattr(security.timezone, "now", lambda: later)
+    monkeypatch.setattr(security_events.timezone, "now", lambda: later)
     record_security_event(kind="admin_login_failed", client_ip=ip, username="bob")
     bob = SecurityEvent.objects.filter(username="bob").order_by("hour")
     assert [e.count for e in bob] == [2, 1]
@@ -104,8 +104,8 @@ def test_nothing_secret_is_stored(make_project, make_token):
 
 
 def test_a_database_failure_is_logged_not_raised_and_spares_the_callers_transaction(monkeypatch, make_project, caplog):
-    monkeypatch.setattr(security, "_upsert_sql", lambda alias, identity: "INSERT INTO no_such_table VALUES (1)")
-    monkeypatch.setattr(security, "UPSERT_FIELDS", [])
+    monkeypatch.setattr(security_events, "_upsert_sql", lambda alias, identity: "INSERT INTO no_such_table VALUES (1)")
+    monkeypatch.setattr(security_events, "UPSERT_FIELDS", [])
     with transaction.atomic():
         unknown_token()
         project = make_project()  # the surrounding transaction still works

@@ -19,9 +19,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from proxy.admin import UsageRecordAdmin
+from proxy.counting import TokenCounts
 from proxy.models import UsageRecord
 from proxy.selectors import DayUsage, utc_today
-from proxy.usage import Record, TokenCounts, UsageWriter
+from proxy.writer import Record, UsageWriter
 
 # The usage writer commits (records and per-day sums in one transaction), as it does in production.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,7 +50,7 @@ def record(*, project=None, token=None, time=None, status: int = 200, **fields) 
 
 def write(*records: Record) -> None:
     """Through the real usage writer: usage records and their per-day aggregates."""
-    UsageWriter()._write(list(records))
+    UsageWriter().write(list(records))
 
 
 @pytest.fixture
@@ -414,7 +415,7 @@ def test_dashboard_without_usage(admin_client):
 
 
 def render_chart(series: list[DayUsage]) -> str:
-    return Template("{% load charts %}{% usage_chart series %}").render(Context({"series": series}))
+    return Template("{% load usage %}{% usage_chart series %}").render(Context({"series": series}))
 
 
 def day(offset: int, requests: int, errors: int = 0) -> DayUsage:

@@ -12,9 +12,10 @@ from django.apps import apps
 from django.db import connection
 from django.utils import timezone
 
-from proxy import selectors, usage
+from proxy import selectors
+from proxy.counting import TokenCounts
 from proxy.models import UsageDaily, UsageRecord
-from proxy.usage import Record, TokenCounts, UsageWriter
+from proxy.writer import Record, UsageWriter
 from tests.live import wait_for_usage
 
 UTC = datetime.UTC
@@ -98,7 +99,7 @@ def test_a_batch_is_summed_per_day_project_token_and_model(project_and_token, ma
         record(token_prefix="sk-wt-123456", status=401, refusal_code="invalid_token"),
         record(**mine, model="gpt-4o", json_tail=b'{"usage": {"prompt_tokens": 4, "completion_tokens": 1}}'),
     ]
-    UsageWriter()._write(batch)
+    UsageWriter().write(batch)
 
     today, yesterday = midnight.date(), midnight.date() - datetime.timedelta(days=1)
     assert daily() == {
@@ -117,7 +118,7 @@ def test_later_batches_add_to_the_same_groups_including_those_without_project_or
     project, token = project_and_token
     writer = UsageWriter()
     for _ in range(3):
-        writer._write(
+        writer.write(
             [
                 record(project_id=project.pk, token_id=token.pk, model="gpt-4o", counts=TokenCounts(1, 1, 2)),
                 record(token_prefix="sk-wt-abcdef", status=401),
@@ -146,7 +147,7 @@ def test_concurrent_writers_keep_exact_sums(project_and_token):
         try:
             start.wait(10)
             for _ in range(rounds):
-                writer._write(
+                writer.write(
                     [
                         record(project_id=project.pk, token_id=token.pk, model=model, counts=TokenCounts(2, 3, 5))
                         for model in model_order
@@ -179,7 +180,7 @@ def test_concurrent_writers_keep_exact_sums(project_and_token):
 def test_a_failed_batch_leaves_no_half_written_sums(project_and_token, monkeypatch):
     """Records and sums commit together: when the batch fails, it is written again row by row, counted once."""
     project, token = project_and_token
-    real, calls = usage.add_to_daily, []
+    real, calls = UsageDaily.objects.add, []
 
     def failing_once(rows):
         calls.append(len(rows))
@@ -187,8 +188,8 @@ def test_a_failed_batch_leaves_no_half_written_sums(project_and_token, monkeypat
         if len(calls) == 1:
             raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(usage, "add_to_daily", failing_once)
-    UsageWriter()._write([record(project_id=project.pk, token_id=token.pk, model="gpt-4o") for _ in range(4)])
+    monkeypatch.setattr(UsageDaily.objects, "add", failing_once)
+    UsageWriter().write([record(project_id=project.pk, token_id=token.pk, model="gpt-4o") for _ in range(4)])
 
     assert calls == [4, 1, 1, 1, 1]
     assert UsageRecord.objects.count() == 4

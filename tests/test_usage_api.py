@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 
+from proxy.counting import TokenCounts
 from proxy.models import UsageDaily
 from proxy.selectors import utc_today
-from proxy.usage import Record, TokenCounts, UsageWriter
+from proxy.writer import Record, UsageWriter
 from tokens.minting import minting_key_create
 
 MANAGEMENT_TOKEN = "test-management-token-usage-0123"
@@ -161,8 +162,8 @@ def test_requests_written_by_the_proxy_writer_are_summed(usage, make_project, ma
             **fields,
         )
 
-    UsageWriter()._write([record(status=200, counts=TokenCounts(5, 7, 12)), record(status=429)])
-    UsageWriter()._write([record(status=200, streamed=True, counts=TokenCounts(1, 1, 2))])
+    UsageWriter().write([record(status=200, counts=TokenCounts(5, 7, 12)), record(status=429)])
+    UsageWriter().write([record(status=200, streamed=True, counts=TokenCounts(1, 1, 2))])
 
     status, body = usage(token_id=str(token.pk), group_by="model")
     assert status == 200

@@ -14,5 +14,3 @@ class TokensConfig(AppConfig):
         # lookup key for the secret: never shown, so never put in the history either.
         auditlog.register(Token, exclude_fields=["request_count", "cache_hit_count", "last_used_at", "digest"])
         auditlog.register(MintingKey, exclude_fields=["last_used_at", "digest"])
-
-        from . import admin_minting  # noqa: F401  (the minting-key admin, kept apart from tokens/admin.py)

@@ -2,7 +2,6 @@
 
 from django import forms
 from django.conf import settings
-from django.core.exceptions import ValidationError
 
 from projects.models import Project
 from projects.selectors import active_projects
@@ -26,29 +25,13 @@ def _max_requests_field() -> forms.IntegerField:
         required=False,
         min_value=0,
         max_value=limit,
-        help_text="Blank or 0 = unlimited. Requests answered from cache do not count.",
+        help_text="Blank or 0 = unlimited.",
         error_messages={"invalid": message, "min_value": message, "max_value": message},
         widget=forms.NumberInput(attrs={"placeholder": "unlimited", "step": 1}),
     )
 
 
-class ServiceErrorsForm(forms.Form):
-    """A form that can show a service's ValidationError on the fields it names."""
-
-    service_field_names: dict[str, str] = {}
-
-    def add_service_error(self, error: ValidationError) -> None:
-        if not hasattr(error, "error_dict"):
-            self.add_error(None, error)
-            return
-        for field, errors in error.error_dict.items():
-            name = self.service_field_names.get(field, field)
-            self.add_error(name if name in self.fields else None, errors)
-
-
-class TokenGenerateForm(ServiceErrorsForm):
-    service_field_names = {"duration": "duration_hours"}
-
+class TokenGenerateForm(forms.Form):
     project = forms.ModelChoiceField(queryset=Project.objects.all())
     label = forms.CharField(
         required=False,
@@ -80,7 +63,7 @@ class TokenGenerateForm(ServiceErrorsForm):
         return [(hours, label) for hours, label in DURATION_PRESETS if hours <= settings.TOKEN_MAX_DURATION_HOURS]
 
 
-class TokenLimitForm(ServiceErrorsForm):
+class TokenLimitForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["max_requests"] = _max_requests_field()

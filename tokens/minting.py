@@ -1,29 +1,23 @@
 """Minting keys: project-scoped credentials with which a program creates, lists, reads and revokes its own tokens.
 
-The key is `mk-` + 40 base62 characters (238 bits from `secrets`), shown once and stored as a SHA-256 digest (as
-tokens are, see `tokens.secret`). The `mk-` prefix keeps it apart from `sk-wt-` tokens and the management token.
+The key's format is `tokens.secret.MINTING_KEY` (`mk-…`, apart from `sk-wt-` tokens and the management token);
+like a token it is shown once and stored as a digest.
 """
 
-import re
-import secrets as _secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from llmproxy.audit import Actor, audited
+from llmproxy.errors import ServiceError
 from projects.models import Project
 
 from . import secret
 from .models import MintingKey
 
-PREFIX = "mk-"
-BODY_LENGTH = 40
-DISPLAY_PREFIX_LENGTH = len(PREFIX) + 6
-KEY_RE = re.compile(rf"{re.escape(PREFIX)}[A-Za-z0-9]{{{BODY_LENGTH}}}")
-
+NAME_MAX_LENGTH = MintingKey._meta.get_field("name").max_length
 # Recording every use would write on every API call; once a minute is enough to answer "is it still used?".
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -36,27 +30,19 @@ class IssuedMintingKey:
     plaintext: str
 
 
-def looks_like_minting_key(value: str) -> bool:
-    return value.startswith(PREFIX)
-
-
-def _generate() -> str:
-    return PREFIX + "".join(_secrets.choice(secret.ALPHABET) for _ in range(BODY_LENGTH))
-
-
 def minting_key_create(*, project: Project, name: str, actor: Actor) -> IssuedMintingKey:
     name = (name or "").strip()
     if not name:
-        raise ValidationError({"name": "Name is required."})
-    if len(name) > 100:
-        raise ValidationError({"name": "Name must be at most 100 characters."})
-    plaintext = _generate()
+        raise ServiceError("required", "Name is required.", field="name")
+    if len(name) > NAME_MAX_LENGTH:
+        raise ServiceError("too_long", f"Name must be at most {NAME_MAX_LENGTH} characters.", field="name")
+    plaintext = secret.MINTING_KEY.generate()
     with transaction.atomic(), audited(actor):
         key = MintingKey.objects.create(
             project=project,
             name=name,
             digest=secret.digest(plaintext),
-            prefix=plaintext[:DISPLAY_PREFIX_LENGTH],
+            prefix=secret.MINTING_KEY.display_prefix(plaintext),
             **actor.stamp("created"),
         )
     return IssuedMintingKey(key=key, plaintext=plaintext)
@@ -77,7 +63,7 @@ def minting_key_revoke(*, key: MintingKey, actor: Actor) -> bool:
 
 def minting_key_authenticate(plaintext: str) -> MintingKey | None:
     """The unrevoked key this plaintext belongs to, or None. Records the use (at most once a minute)."""
-    if not KEY_RE.fullmatch(plaintext):
+    if not secret.MINTING_KEY.is_well_formed(plaintext):
         return None
     key = (
         MintingKey.objects.select_related("project")

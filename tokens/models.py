@@ -131,11 +131,6 @@ class Token(IssuedCredential):
             return None
         return max(self.max_requests - self.request_count, 0)
 
-    @property
-    def total_requests(self) -> int:
-        """Upstream requests (`request_count`, which the limit counts) plus requests answered from cache."""
-        return self.request_count + self.cache_hit_count
-
 
 class MintingKey(IssuedCredential):
     """A project-scoped credential for programs that mint their own tokens (management API, that project only).

@@ -13,19 +13,33 @@ from .models import MintingKey, Token, TokenStatus
 _ID_PREFIX_RE = re.compile(r"[0-9a-fA-F-]{4,36}")
 
 
+def _exact_reference(term: str) -> Q | None:
+    """A whole token (by its digest) or a token ID; None for anything else."""
+    if secret.TOKEN.is_well_formed(term):
+        return Q(digest=secret.digest(term))
+    try:
+        return Q(pk=uuid.UUID(term))
+    except ValueError:
+        return None
+
+
+def token_by_reference(reference: str) -> Token | None:
+    """A token by its ID or the whole token: what a person gives on the command line. ValueError for anything else."""
+    condition = _exact_reference(reference.strip())
+    if condition is None:
+        raise ValueError(f"not a token ID or a whole {secret.TOKEN.prefix}… token: {reference!r}")
+    return Token.objects.filter(condition).first()
+
+
 def token_search_filter(term: str) -> Q | None:
     """What an operator can paste into the search box: a whole token, its display prefix, or (part of) its ID."""
     term = term.strip()
     if not term:
         return None
-    if secret.is_well_formed(term):
-        return Q(digest=secret.digest(term))
-    if term.startswith(secret.PREFIX):
-        return Q(prefix__startswith=term[: secret.DISPLAY_PREFIX_LENGTH])
-    try:
-        return Q(pk=uuid.UUID(term))
-    except ValueError:
-        pass
+    if (exact := _exact_reference(term)) is not None:
+        return exact
+    if term.startswith(secret.TOKEN.prefix):
+        return Q(prefix__startswith=term[: secret.TOKEN.display_length])
     if _ID_PREFIX_RE.fullmatch(term):
         return Q(pk__startswith=_canonical_uuid_prefix(term)) | Q(label__icontains=term)
     return Q(label__icontains=term)
@@ -64,6 +78,24 @@ def project_unrevoked_token_count(project) -> int:
 
 def tokens_for_list() -> QuerySet[Token]:
     return Token.objects.select_related("project")
+
+
+def token_get(token_id: uuid.UUID, *, project_id: uuid.UUID | None = None) -> Token | None:
+    """The token, if it exists and (when `project_id` is given) belongs to that project."""
+    tokens = Token.objects.filter(pk=token_id)
+    if project_id is not None:
+        tokens = tokens.filter(project_id=project_id)
+    return tokens.first()
+
+
+def tokens_newest_first(*, project_ids: list[uuid.UUID] = (), status: str | None = None) -> QuerySet[Token]:
+    """Tokens, newest first, of every project in `project_ids` (all of them: several ids narrow, never widen)."""
+    tokens = Token.objects.order_by("-created_at", "id")
+    for project_id in project_ids:
+        tokens = tokens.filter(project_id=project_id)
+    if status is not None:
+        tokens = tokens.with_status(status)
+    return tokens
 
 
 BLOCKED_STATUS = "blocked"

@@ -1,20 +1,23 @@
-"""Every change to a token: validated, written and audited in one transaction."""
+"""Every change to a token, and the rules that span a project and its tokens: validated, written and audited in one
+transaction."""
 
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from llmproxy.audit import Actor, audited, log_updates
+from llmproxy.errors import ServiceError
 from projects.models import Project
 
 from . import secret
 from .models import Token
 
 INACTIVE_PROJECT = "Cannot generate tokens for inactive project"
+LABEL_MAX_LENGTH = Token._meta.get_field("label").max_length
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,34 @@ class IssuedToken:
     plaintext: str
 
 
+@dataclass(frozen=True)
+class RevokeReport:
+    """What a revocation of several tokens did: how many it revoked, of how many it was asked to."""
+
+    revoked: int
+    total: int
+
+    @property
+    def already_revoked(self) -> int:
+        return self.total - self.revoked
+
+
+@dataclass(frozen=True)
+class ProjectActivation:
+    """The project after `project_set_active`: whether its state changed, and what was revoked (if asked)."""
+
+    project: Project
+    changed: bool
+    revoked: RevokeReport | None = None
+
+
 def validate_duration(duration: timedelta) -> None:
     limit = timedelta(hours=settings.TOKEN_MAX_DURATION_HOURS)
     if duration <= timedelta(0):
-        raise ValidationError({"duration": "Duration must be positive."})
+        raise ServiceError("out_of_range", "Duration must be positive.", field="duration")
     if duration > limit:
-        raise ValidationError({"duration": f"Duration must be at most {settings.TOKEN_MAX_DURATION_HOURS} hours."})
+        message = f"Duration must be at most {settings.TOKEN_MAX_DURATION_HOURS} hours."
+        raise ServiceError("out_of_range", message, field="duration")
 
 
 def normalize_max_requests(value: int | None) -> int | None:
@@ -38,11 +63,13 @@ def normalize_max_requests(value: int | None) -> int | None:
     if value in (None, 0):
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValidationError({"max_requests": "Request limit must be a whole number."})
+        raise ServiceError("invalid_type", "Request limit must be a whole number.", field="max_requests")
     if value < 0:
-        raise ValidationError({"max_requests": "Request limit cannot be negative (leave it blank for unlimited)."})
+        message = "Request limit cannot be negative (leave it blank for unlimited)."
+        raise ServiceError("out_of_range", message, field="max_requests")
     if value > settings.TOKEN_MAX_REQUESTS:
-        raise ValidationError({"max_requests": f"Request limit must be at most {settings.TOKEN_MAX_REQUESTS}."})
+        message = f"Request limit must be at most {settings.TOKEN_MAX_REQUESTS}."
+        raise ServiceError("out_of_range", message, field="max_requests")
     return value
 
 
@@ -57,19 +84,19 @@ def token_generate(
     validate_duration(duration)
     max_requests = normalize_max_requests(max_requests)
     label = (label or "").strip()
-    if len(label) > 200:
-        raise ValidationError({"label": "Label must be at most 200 characters."})
-    plaintext = secret.generate()
+    if len(label) > LABEL_MAX_LENGTH:
+        raise ServiceError("too_long", f"Label must be at most {LABEL_MAX_LENGTH} characters.", field="label")
+    plaintext = secret.TOKEN.generate()
     with transaction.atomic(), audited(actor):
         # Lock the project row so a concurrent deactivation cannot slip between the check and the insert.
         project = Project.objects.select_for_update().get(pk=project.pk)
         if not project.is_active:
-            raise ValidationError({"project": INACTIVE_PROJECT}, code="project_inactive")
+            raise ServiceError("project_inactive", INACTIVE_PROJECT, field="project")
         token = Token.objects.create(
             project=project,
             label=label,
             digest=secret.digest(plaintext),
-            prefix=secret.display_prefix(plaintext),
+            prefix=secret.TOKEN.display_prefix(plaintext),
             expires_at=timezone.now() + duration,
             max_requests=max_requests,
             **actor.stamp("created"),
@@ -79,28 +106,45 @@ def token_generate(
 
 def token_revoke(*, token: Token, actor: Actor) -> bool:
     """Revoke one token. Returns False if it was already revoked (nothing changes then)."""
-    return tokens_revoke(tokens=Token.objects.filter(pk=token.pk), actor=actor) == 1
+    return tokens_revoke(tokens=Token.objects.filter(pk=token.pk), actor=actor).revoked == 1
 
 
-def tokens_revoke(*, tokens, actor: Actor) -> int:
-    """Revoke every not-yet-revoked token of a queryset in one UPDATE, and log each one. Returns how many."""
+def tokens_revoke(*, tokens: QuerySet[Token], actor: Actor) -> RevokeReport:
+    """Revoke every not-yet-revoked token of a queryset in one UPDATE, and log each one."""
     now = timezone.now()
     fields = actor.stamp("revoked")
     with transaction.atomic():
+        total = tokens.count()
         ids = list(tokens.filter(revoked_at__isnull=True).select_for_update().values_list("pk", flat=True))
-        if not ids:
-            return 0
-        Token.objects.filter(pk__in=ids).update(revoked_at=now, **fields)
-        log_updates(
-            Token.objects.filter(pk__in=ids).only("pk", "prefix", "label"),
-            actor,
-            {"revoked_at": ["None", str(now)], "revoked_by": ["None", str(actor)]},
-        )
-    return len(ids)
+        if ids:
+            Token.objects.filter(pk__in=ids).update(revoked_at=now, **fields)
+            log_updates(
+                Token.objects.filter(pk__in=ids).only("pk", "prefix", "label"),
+                actor,
+                {"revoked_at": ["None", str(now)], "revoked_by": ["None", str(actor)]},
+            )
+    return RevokeReport(revoked=len(ids), total=total)
 
 
-def project_tokens_revoke(*, project: Project, actor: Actor) -> int:
+def project_tokens_revoke(*, project: Project, actor: Actor) -> RevokeReport:
     return tokens_revoke(tokens=Token.objects.filter(project=project), actor=actor)
+
+
+def project_set_active(
+    *, project: Project, active: bool, actor: Actor, revoke_tokens: bool = False
+) -> ProjectActivation:
+    """Activate or deactivate a project. Deactivation blocks the project's tokens at the proxy but revokes none of
+    them, unless `revoke_tokens` (only with `active=False`) revokes them all as well, in the same transaction: also
+    when the project was inactive already."""
+    if revoke_tokens and active:
+        raise ServiceError("requires_inactive", "Tokens are revoked only when deactivating.", field="revoke_tokens")
+    with transaction.atomic(), audited(actor):
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        changed = project.set_active(active, timezone.now())
+        if changed:
+            project.save(update_fields=["is_active", "deactivated_at", "updated_at"])
+        revoked = project_tokens_revoke(project=project, actor=actor) if revoke_tokens else None
+    return ProjectActivation(project=project, changed=changed, revoked=revoked)
 
 
 def token_set_max_requests(*, token: Token, max_requests: int | None, actor: Actor) -> Token:
@@ -119,7 +163,7 @@ def token_reactivate(*, token: Token, actor: Actor) -> Token:
     with transaction.atomic(), audited(actor):
         token = Token.objects.select_for_update().get(pk=token.pk)
         if token.expires_at <= timezone.now():
-            raise ValidationError("An expired token cannot be reactivated.", code="token_expired")
+            raise ServiceError("token_expired", "An expired token cannot be reactivated.")
         if token.revoked_at is not None:
             token.revoked_at = None
             token.revoked_by = None

@@ -8,9 +8,10 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from llmproxy.audit import Actor
-from llmproxy.models import SecurityEventKind, SecurityEventReason
-from llmproxy.security import record_security_event
-from tokens.minting import looks_like_minting_key, minting_key_authenticate
+from llmproxy.security.events import record_security_event
+from llmproxy.security.models import SecurityEventKind, SecurityEventReason
+from tokens import secret
+from tokens.minting import minting_key_authenticate
 from tokens.models import MintingKey
 
 from .errors import ApiError
@@ -55,14 +56,13 @@ def authenticate(request: HttpRequest) -> Caller:
     management_token = settings.MANAGEMENT_TOKEN
     if not management_token:
         raise ApiError(503, DISABLED, "management_api_disabled")
-    scheme, _, credential = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
+    credential = secret.bearer(request.META.get("HTTP_AUTHORIZATION", ""))
+    if credential is None:
         raise _unauthorized(request, "missing or invalid Authorization header", SecurityEventReason.MISSING)
     remote_addr = request.META.get("REMOTE_ADDR") or None
     if hmac.compare_digest(credential.encode(), management_token.encode()):
         return Caller(actor=Actor(via="api", label="management token", remote_addr=remote_addr))
-    if looks_like_minting_key(credential):
+    if credential.startswith(secret.MINTING_KEY.prefix):
         key = minting_key_authenticate(credential)
         if key is None:
             raise _unauthorized(request, "invalid minting key", SecurityEventReason.UNKNOWN, credential)

@@ -5,6 +5,8 @@
 
 from django.http import JsonResponse
 
+from llmproxy.errors import ServiceError
+
 
 class ApiError(Exception):
     """Raised anywhere below a view; the view turns it into the JSON error response."""
@@ -42,3 +44,20 @@ def invalid(field: str, message: str, code: str = "invalid") -> ApiError:
 
 def not_found(what: str) -> ApiError:
     return ApiError(404, f"{what} not found", "not_found")
+
+
+# A service's refusal as an answer: its code gives the status (400 unless listed here), and the field it names is
+# the request field as the API calls it; a refusal that names none points at the request field that asked for it.
+SERVICE_STATUS = {"duplicate_name": 409, "project_inactive": 403, "token_expired": 409}
+SERVICE_FIELDS = {"project": "project_id"}
+FIELD_OF_CODE = {"token_expired": "is_active"}
+
+
+def from_service_error(error: ServiceError, fields: dict[str, str] | None = None) -> ApiError:
+    """`fields` adds request field names for this call (the service's `duration` is whichever of duration_hours
+    and duration_minutes the request gave)."""
+    if error.field:
+        field = {**SERVICE_FIELDS, **(fields or {})}.get(error.field, error.field)
+    else:
+        field = FIELD_OF_CODE.get(error.code)
+    return ApiError(SERVICE_STATUS.get(error.code, 400), error.text, error.code, field=field)

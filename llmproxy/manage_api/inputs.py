@@ -4,7 +4,7 @@ from datetime import date
 
 from django.conf import settings
 
-from projects.keys import _API_KEY_RE, INVALID_API_KEY
+from projects.keys import API_KEY_RE, INVALID_API_KEY
 from proxy.selectors import USAGE_GROUPS, utc_today
 from tokens.models import TokenStatus
 
@@ -42,7 +42,7 @@ PROJECT_NAME = String(
 API_KEY = String(
     description="The upstream OpenAI API key. Stored encrypted; never returned, only a masked copy.",
     max_length=503,
-    pattern=_API_KEY_RE.pattern,
+    pattern=API_KEY_RE.pattern,
     pattern_message=INVALID_API_KEY,
 )
 
@@ -62,7 +62,7 @@ PROJECT_UPDATE = Body(
         "api_key": String(
             description="A new upstream key; an empty string keeps the current one.",
             max_length=503,
-            pattern=f"(?:{_API_KEY_RE.pattern})?",
+            pattern=f"(?:{API_KEY_RE.pattern})?",
             pattern_message=INVALID_API_KEY,
         ),
         "is_active": Boolean(description="false deactivates: the project's tokens stop working at the proxy."),

@@ -6,6 +6,7 @@ from tokens.models import TokenStatus
 
 from . import inputs
 from .auth import DISABLED, MINTING_KEY_SCOPE
+from .selectors import AUDIT_ACTIONS
 
 _DATETIME = {"type": "string", "format": "date-time"}
 _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
@@ -93,7 +94,12 @@ _SCHEMAS: dict[str, Any] = {
             "expires_at": _DATETIME,
             "request_count": {"type": "integer", "minimum": 0},
             "max_requests": {"type": ["integer", "null"], "minimum": 1, "description": "null: unlimited."},
-            "cache_hit_count": {"type": "integer", "minimum": 0},
+            "cache_hit_count": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The original tool's field for requests answered from cache. This proxy has no response "
+                "cache yet, so it is 0.",
+            },
             "created_at": _DATETIME,
             "last_used_at": _NULLABLE_DATETIME,
             "revoked_at": _NULLABLE_DATETIME,
@@ -125,7 +131,7 @@ _SCHEMAS: dict[str, Any] = {
         {
             "id": {"type": "integer"},
             "timestamp": _DATETIME,
-            "action": {"type": "string", "enum": ["create", "update", "delete", "access"]},
+            "action": {"type": "string", "enum": list(AUDIT_ACTIONS)},
             "object_type": {"type": "string", "description": "project, token, minting_key (or another model)."},
             "object_id": {"type": "string"},
             "object_repr": {"type": "string"},

@@ -6,16 +6,13 @@ from auditlog.models import LogEntry
 from django.utils import timezone
 
 from projects.models import Project
-from tokens.models import MintingKey, Token
+from tokens.models import Token
 from tokens.services import IssuedToken
 
-_OBJECT_TYPES = {Project: "project", Token: "token", MintingKey: "minting_key"}
-_ACTIONS = {
-    LogEntry.Action.CREATE: "create",
-    LogEntry.Action.UPDATE: "update",
-    LogEntry.Action.DELETE: "delete",
-    LogEntry.Action.ACCESS: "access",
-}
+from .selectors import AUDIT_ACTIONS, AUDIT_OBJECT_TYPES
+
+_OBJECT_TYPES = {model: name for name, model in AUDIT_OBJECT_TYPES.items()}
+_ACTIONS = {action: name for name, action in AUDIT_ACTIONS.items()}
 
 
 def project_json(project: Project) -> dict[str, Any]:

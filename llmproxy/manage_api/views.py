@@ -5,17 +5,22 @@ import re
 import uuid
 from datetime import timedelta
 
-from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from projects.services import DUPLICATE_NAME, project_create, project_set_active, project_update
+from llmproxy.errors import ServiceError
+from projects.models import Project
+from projects.selectors import project_get, projects_by_name
+from projects.services import project_create, project_update
 from proxy.selectors import usage_summary
+from tokens.models import Token
+from tokens.selectors import token_get, tokens_newest_first
 from tokens.services import (
-    INACTIVE_PROJECT,
+    project_set_active,
     project_tokens_revoke,
     token_generate,
     token_reactivate,
@@ -25,7 +30,7 @@ from tokens.services import (
 
 from . import inputs, selectors
 from .auth import Caller, authenticate
-from .errors import ApiError, not_found
+from .errors import ApiError, from_service_error, not_found
 from .openapi import build_document
 from .serializers import audit_event_json, issued_token_json, project_json, token_json
 from .validation import MAX_BODY_BYTES, UUID_RE
@@ -53,23 +58,6 @@ def _body(request: HttpRequest) -> bytes:
         raise too_large from None
 
 
-def _service_error(error: ValidationError, *, duration_field: str | None = None) -> ApiError:
-    """A service's refusal as an API error: conflicts and forbidden states get their own status."""
-    if not hasattr(error, "error_dict"):
-        if getattr(error, "code", None) == "token_expired":
-            return ApiError(409, error.messages[0], "token_expired", field="is_active")
-        return ApiError(400, " ".join(error.messages), "invalid")
-    messages = error.message_dict
-    if DUPLICATE_NAME in messages.get("name", []):
-        return ApiError(409, DUPLICATE_NAME, "duplicate_name", field="name")
-    if INACTIVE_PROJECT in messages.get("project", []):
-        return ApiError(403, INACTIVE_PROJECT, "project_inactive", field="project_id")
-    field, field_messages = next(iter(messages.items()))
-    if field == "duration" and duration_field:
-        field = duration_field
-    return ApiError(400, " ".join(field_messages), "invalid", field=field)
-
-
 def _page(query: dict) -> dict:
     return {"page": query.get("page", 1), "page_size": query.get("page_size", inputs.DEFAULT_PAGE_SIZE)}
 
@@ -95,10 +83,19 @@ class ApiView(View):
             return getattr(self, request.method.lower())(request, caller, **kwargs)
         except ApiError as e:
             return e.response()
+        except ServiceError as e:
+            return from_service_error(e).response()
         except Exception:
             # Still JSON for the client; the traceback goes to the log, never into the response.
             logger.exception("management API: unexpected error on %s %s", request.method, request.path)
             return ApiError(500, "internal error", "internal_error").response()
+
+
+def _project_or_404(project_id: uuid.UUID) -> Project:
+    project = project_get(project_id)
+    if project is None:
+        raise not_found("project")
+    return project
 
 
 class ProjectsView(ApiView):
@@ -106,16 +103,13 @@ class ProjectsView(ApiView):
 
     def get(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         caller.require_management_token()
-        page = selectors.paginate(selectors.projects_for_api(), **_page(inputs.PROJECT_LIST.parse(request.GET)))
+        page = selectors.paginate(projects_by_name(), **_page(inputs.PROJECT_LIST.parse(request.GET)))
         return JsonResponse({"projects": [project_json(p) for p in page.items], "pagination": page.pagination()})
 
     def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         caller.require_management_token()
         data = inputs.PROJECT_CREATE.parse(_body(request))
-        try:
-            project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor)
-        except ValidationError as e:
-            raise _service_error(e) from None
+        project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor)
         return JsonResponse(project_json(project), status=201)
 
 
@@ -123,12 +117,9 @@ class ProjectDetailView(ApiView):
     methods = ("GET", "PATCH")
     not_allowed_messages = {"DELETE": "project deletion is not permitted"}  # kept for the audit trail
 
-    def _project(self, caller: Caller, project_id: str):
+    def _project(self, caller: Caller, project_id: str) -> Project:
         caller.require_management_token()
-        project = selectors.project_get(_uuid_or_404(project_id, "project"))
-        if project is None:
-            raise not_found("project")
-        return project
+        return _project_or_404(_uuid_or_404(project_id, "project"))
 
     def get(self, request: HttpRequest, caller: Caller, project_id: str) -> JsonResponse:
         return JsonResponse(project_json(self._project(caller, project_id)))
@@ -137,21 +128,22 @@ class ProjectDetailView(ApiView):
         project = self._project(caller, project_id)
         data = inputs.PROJECT_UPDATE.parse(_body(request))
         revoked = None
-        try:
-            with transaction.atomic():
-                if "name" in data or data.get("api_key"):
-                    project = project_update(
-                        project=project, name=data.get("name"), api_key=data.get("api_key"), actor=caller.actor
-                    )
-                if "is_active" in data:
-                    project = project_set_active(project=project, active=data["is_active"], actor=caller.actor)
-                if data.get("revoke_tokens"):
-                    revoked = project_tokens_revoke(project=project, actor=caller.actor)
-        except ValidationError as e:
-            raise _service_error(e) from None
+        with transaction.atomic():
+            if "name" in data or data.get("api_key"):
+                project = project_update(
+                    project=project, name=data.get("name"), api_key=data.get("api_key"), actor=caller.actor
+                )
+            if "is_active" in data:
+                done = project_set_active(
+                    project=project,
+                    active=data["is_active"],
+                    revoke_tokens=data.get("revoke_tokens", False),
+                    actor=caller.actor,
+                )
+                project, revoked = done.project, done.revoked
         body = project_json(project)
         if revoked is not None:
-            body["tokens_revoked"] = revoked
+            body["tokens_revoked"] = revoked.revoked
         return JsonResponse(body)
 
 
@@ -161,13 +153,14 @@ class ProjectTokensRevokeView(ApiView):
     def post(self, request: HttpRequest, caller: Caller, project_id: str) -> JsonResponse:
         project_uuid = _uuid_or_404(project_id, "project")
         caller.require_project(project_uuid)
-        project = selectors.project_get(project_uuid)
-        if project is None:
-            raise not_found("project")
-        with transaction.atomic():
-            revoked = project_tokens_revoke(project=project, actor=caller.actor)
-            total = selectors.project_token_total(project)
-        return JsonResponse({"revoked_count": revoked, "already_revoked_count": total - revoked, "total_tokens": total})
+        report = project_tokens_revoke(project=_project_or_404(project_uuid), actor=caller.actor)
+        return JsonResponse(
+            {
+                "revoked_count": report.revoked,
+                "already_revoked_count": report.already_revoked,
+                "total_tokens": report.total,
+            }
+        )
 
 
 class TokensView(ApiView):
@@ -180,16 +173,14 @@ class TokensView(ApiView):
             caller.require_project(project_id)
         if caller.project_id is not None:
             project_ids.append(caller.project_id)
-        tokens = selectors.tokens_for_api(project_ids=project_ids, status=query.get("status"))
+        tokens = tokens_newest_first(project_ids=project_ids, status=query.get("status"))
         page = selectors.paginate(tokens, **_page(query))
         return JsonResponse({"tokens": [token_json(t) for t in page.items], "pagination": page.pagination()})
 
     def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         data = inputs.TOKEN_CREATE.parse(_body(request))
         caller.require_project(data["project_id"])
-        project = selectors.project_get(data["project_id"])
-        if project is None:
-            raise not_found("project")
+        project = _project_or_404(data["project_id"])
         if "duration_hours" in data:
             duration_field, duration = "duration_hours", timedelta(hours=data["duration_hours"])
         else:
@@ -202,17 +193,17 @@ class TokensView(ApiView):
                 label=data.get("label", ""),
                 actor=caller.actor,
             )
-        except ValidationError as e:
-            raise _service_error(e, duration_field=duration_field) from None
+        except ServiceError as e:
+            raise from_service_error(e, {"duration": duration_field}) from None
         return JsonResponse(issued_token_json(issued), status=201)
 
 
 class TokenDetailView(ApiView):
     methods = ("GET", "PATCH", "DELETE")
 
-    def _token(self, caller: Caller, token_id: str):
+    def _token(self, caller: Caller, token_id: str) -> Token:
         # A minting key sees another project's token exactly as a missing one: 404, so existence does not leak.
-        token = selectors.token_get(_uuid_or_404(token_id, "token"), project_id=caller.project_id)
+        token = token_get(_uuid_or_404(token_id, "token"), project_id=caller.project_id)
         if token is None:
             raise not_found("token")
         return token
@@ -224,17 +215,14 @@ class TokenDetailView(ApiView):
         caller.require_management_token()
         token = self._token(caller, token_id)
         data = inputs.TOKEN_UPDATE.parse(_body(request))
-        try:
-            with transaction.atomic():
-                if "max_requests" in data:
-                    token = token_set_max_requests(token=token, max_requests=data["max_requests"], actor=caller.actor)
-                if data.get("is_active") is True:
-                    token = token_reactivate(token=token, actor=caller.actor)
-                elif data.get("is_active") is False:
-                    token_revoke(token=token, actor=caller.actor)
-                    token.refresh_from_db()
-        except ValidationError as e:
-            raise _service_error(e) from None
+        with transaction.atomic():
+            if "max_requests" in data:
+                token = token_set_max_requests(token=token, max_requests=data["max_requests"], actor=caller.actor)
+            if data.get("is_active") is True:
+                token = token_reactivate(token=token, actor=caller.actor)
+            elif data.get("is_active") is False:
+                token_revoke(token=token, actor=caller.actor)
+                token.refresh_from_db()
         return JsonResponse(token_json(token))
 
     def delete(self, request: HttpRequest, caller: Caller, token_id: str) -> HttpResponse:

@@ -1,11 +1,11 @@
-"""What the management commands share: finding a project by name or ID, and turning refusals into CommandError."""
+"""What the management commands share: finding a project by name or ID, and a service's refusal as a CommandError."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
+from llmproxy.errors import ServiceError
 from projects.models import Project
 from projects.selectors import project_by_reference
 
@@ -19,12 +19,8 @@ def get_project(reference: str) -> Project:
 
 @contextmanager
 def refusals_as_errors() -> Iterator[None]:
-    """A service's ValidationError as a one-line CommandError (stderr, exit status 1)."""
+    """A service's refusal as a one-line CommandError (stderr, exit status 1): `field: message`."""
     try:
         yield
-    except ValidationError as e:
-        if hasattr(e, "error_dict"):
-            message = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in e.message_dict.items())
-        else:
-            message = " ".join(e.messages)
-        raise CommandError(message) from None
+    except ServiceError as e:
+        raise CommandError(f"{e.field}: {e.text}" if e.field else e.text) from None

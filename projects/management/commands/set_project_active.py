@@ -1,10 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
 from llmproxy.audit import Actor
-from projects.management.cli import get_project
-from projects.services import project_set_active
-from tokens.services import project_tokens_revoke
+from projects.management.cli import get_project, refusals_as_errors
+from tokens.services import project_set_active
 
 
 class Command(BaseCommand):
@@ -23,10 +21,10 @@ class Command(BaseCommand):
     def handle(self, *args, project: str, active: bool, revoke_tokens: bool, **options):
         if revoke_tokens and active:
             raise CommandError("--revoke-tokens only goes with --inactive")
-        actor = Actor.cli()
-        with transaction.atomic():
-            target = project_set_active(project=get_project(project), active=active, actor=actor)
-            revoked = project_tokens_revoke(project=target, actor=actor) if revoke_tokens else None
-        self.stdout.write(f"Project {target.name!r} is now {'active' if target.is_active else 'inactive'}.")
-        if revoked is not None:
-            self.stdout.write(f"Revoked {revoked} token(s).")
+        with refusals_as_errors():
+            done = project_set_active(
+                project=get_project(project), active=active, revoke_tokens=revoke_tokens, actor=Actor.cli()
+            )
+        self.stdout.write(f"Project {done.project.name!r} is now {'active' if done.project.is_active else 'inactive'}.")
+        if done.revoked is not None:
+            self.stdout.write(f"Revoked {done.revoked.revoked} token(s).")

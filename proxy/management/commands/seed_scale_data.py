@@ -11,11 +11,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from llmproxy.models import SecurityEvent, SecurityEventKind, SecurityEventReason
+from llmproxy.security.models import SecurityEvent, SecurityEventKind, SecurityEventReason
 from projects import crypto
 from projects.models import Project
-from proxy.models import UsageRecord
-from proxy.usage import add_to_daily
+from proxy.models import UsageDaily, UsageRecord
 from tokens import secret
 from tokens.models import Token
 
@@ -91,7 +90,7 @@ class Command(BaseCommand):
         made: list[SeedToken] = []
         batch: list[Token] = []
         for i in range(count):
-            plaintext = secret.generate()
+            plaintext = secret.TOKEN.generate()
             lifetime = timedelta(hours=rng.choices(LIFETIMES_HOURS, LIFETIME_WEIGHTS)[0])
             created = now - timedelta(seconds=rng.uniform(0, days * 86_400))
             limit = rng.choice([None, None, 100, 1000, 10_000])
@@ -139,7 +138,7 @@ class Command(BaseCommand):
                 last_used[token.pk] = max(time, last_used.get(token.pk, time))
             with transaction.atomic():
                 self._insert_usage(rows)
-                add_to_daily(rows)
+                UsageDaily.objects.add(rows)
             written += size
             if written % 200_000 == 0 or written == count:
                 self.stdout.write(f"  {written} usage records")

@@ -1,11 +1,8 @@
-import uuid
-
 from django.core.management.base import BaseCommand, CommandError
 
 from llmproxy.audit import Actor
 from projects.management.cli import get_project
-from tokens import secret
-from tokens.models import Token
+from tokens.selectors import token_by_reference
 from tokens.services import project_tokens_revoke, token_revoke
 
 
@@ -21,29 +18,19 @@ class Command(BaseCommand):
         actor = Actor.cli()
         if project is not None:
             target = get_project(project)
-            revoked = project_tokens_revoke(project=target, actor=actor)
-            total = Token.objects.filter(project=target).count()
+            report = project_tokens_revoke(project=target, actor=actor)
             self.stdout.write(
-                f"Revoked {revoked} token(s) of project {target.name!r}; {total - revoked} already revoked, "
-                f"{total} in all."
+                f"Revoked {report.revoked} token(s) of project {target.name!r}; {report.already_revoked} already "
+                f"revoked, {report.total} in all."
             )
             return
-        found = _find_token(token)
+        try:
+            found = token_by_reference(token)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        if found is None:
+            raise CommandError("token not found")
         if token_revoke(token=found, actor=actor):
             self.stdout.write(f"Revoked token {found.pk} ({found}).")
         else:
             self.stdout.write(f"Token {found.pk} ({found}) was already revoked.")
-
-
-def _find_token(reference: str) -> Token:
-    reference = reference.strip()
-    if secret.is_well_formed(reference):
-        found = Token.objects.filter(digest=secret.digest(reference)).first()
-    else:
-        try:
-            found = Token.objects.filter(pk=uuid.UUID(reference)).first()
-        except ValueError:
-            raise CommandError(f"not a token ID or a whole {secret.PREFIX}… token: {reference!r}") from None
-    if found is None:
-        raise CommandError("token not found")
-    return found

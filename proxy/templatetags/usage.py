@@ -1,7 +1,8 @@
-"""`{% usage_chart series %}`: requests and errors per day as an inline SVG bar chart, drawn on the server.
+"""Usage in the operator's pages: `{% usage_panel project=… %}` (or `token=…`) for a project or token page,
+`{% usage_chart series %}` for requests and errors per day, and `{{ record|status_badge }}`.
 
-No script and no network. A title and a description (named by `aria-labelledby`), a tooltip per day and a data
-table make it readable without seeing the bars.
+The chart is an inline SVG bar chart drawn on the server: no script and no network. A title and a description
+(named by `aria-labelledby`), a tooltip per day and a data table make it readable without seeing the bars.
 """
 
 import uuid
@@ -11,9 +12,47 @@ from datetime import date
 from typing import Protocol
 
 from django import template
+from django.urls import reverse
 from django.utils import formats
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from projects.models import Project
+from tokens.models import Token
+
+from ..models import UsageRecord
+from ..selectors import recent_requests, top_models, usage_daily, usage_totals
 
 register = template.Library()
+
+STATUS_BADGES = {2: "badge-success", 3: "badge-muted", 4: "badge-warning", 5: "badge-danger"}
+PANEL_DAYS = 30
+PANEL_RECENT = 10
+
+
+@register.filter
+def status_badge(record: UsageRecord) -> SafeString:
+    """The status, coloured by its class (badge classes from templates/admin/base_site.html)."""
+    css = STATUS_BADGES.get(record.status // 100, "badge-muted")
+    return format_html('<span class="badge {} status-{}xx">{}</span>', css, record.status // 100, record.status)
+
+
+@register.inclusion_tag("admin/includes/usage_panel.html", takes_context=True)
+def usage_panel(context, *, project: Project | None = None, token: Token | None = None) -> dict:
+    """Totals, the last 30 days, top models and the last requests of a project or a token."""
+    scope = {"project": project, "token": token}
+    query = f"?token={token.pk}" if token is not None else f"?project__id__exact={project.pk}"
+    return {
+        "days": PANEL_DAYS,
+        "totals": usage_totals(**scope),
+        "daily": usage_daily(**scope, days=PANEL_DAYS),
+        "top_models": top_models(**scope, days=PANEL_DAYS),
+        "recent": recent_requests(**scope, limit=PANEL_RECENT),
+        "show_token": token is None,
+        "can_view_log": context["request"].user.has_perm("proxy.view_usagerecord"),
+        "all_requests_url": reverse("admin:proxy_usagerecord_changelist") + query,
+    }
+
 
 WIDTH, HEIGHT = 720, 200
 LEFT, RIGHT, TOP, BOTTOM = 52, 8, 14, 30  # room for the value axis on the left and the dates below

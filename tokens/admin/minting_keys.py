@@ -4,16 +4,17 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from llmproxy.admin_toolkit import NeverDeletedMixin, OperatorPagesMixin, add_service_error
 from llmproxy.audit import Actor
+from llmproxy.errors import ServiceError
 from projects.models import Project
 
-from .minting import minting_key_create, minting_key_revoke
-from .models import MintingKey
+from ..minting import minting_key_create, minting_key_revoke
+from ..models import MintingKey
 
 
 class MintingKeyCreateForm(forms.Form):
@@ -37,7 +38,7 @@ class StatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(MintingKey)
-class MintingKeyAdmin(admin.ModelAdmin):
+class MintingKeyAdmin(NeverDeletedMixin, OperatorPagesMixin, admin.ModelAdmin):
     list_display = ["name", "project", "key_prefix", "created_at", "created_by_display", "last_used_at", "status"]
     list_filter = ["project", StatusFilter]
     list_select_related = ["project", "created_by"]
@@ -55,6 +56,7 @@ class MintingKeyAdmin(admin.ModelAdmin):
         "revoke_link",
     ]
     readonly_fields = fields
+    not_deletable_message = "Minting keys are never deleted; revoke them instead."
 
     @admin.display(description="key")
     def key_prefix(self, obj: MintingKey) -> str:
@@ -82,9 +84,6 @@ class MintingKeyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: MintingKey | None = None) -> bool:
         return False  # nothing to edit: a key is created, used and revoked
 
-    def has_delete_permission(self, request: HttpRequest, obj: MintingKey | None = None) -> bool:
-        return False  # kept for the audit trail; revoke instead
-
     def get_urls(self):
         revoke = self.admin_site.admin_view(self.revoke_view)
         return [path("<uuid:object_id>/revoke/", revoke, name="tokens_mintingkey_revoke"), *super().get_urls()]
@@ -101,27 +100,26 @@ class MintingKeyAdmin(admin.ModelAdmin):
                         name=form.cleaned_data["name"],
                         actor=Actor.from_request(request),
                     )
-                except ValidationError as e:
-                    for field, errors in e.message_dict.items():
-                        form.add_error(field if field in form.fields else None, errors)
+                except ServiceError as error:
+                    add_service_error(form, error)
                 else:
                     response = TemplateResponse(
                         request,
                         "admin/tokens/mintingkey/created.html",
-                        {**self._context(request, "Minting key created"), "issued": issued},
+                        self.page_context(request, "Minting key created", issued=issued),
                     )
                     response["Cache-Control"] = "no-store"
                     return response
         else:
             form = MintingKeyCreateForm(initial={"project": self._project_from_query(request)})
         return TemplateResponse(
-            request, "admin/tokens/mintingkey/add.html", {**self._context(request, "Add minting key"), "form": form}
+            request, "admin/tokens/mintingkey/add.html", self.page_context(request, "Add minting key", form=form)
         )
 
     def revoke_view(self, request: HttpRequest, object_id) -> HttpResponse:
         if not self.has_view_permission(request) or not request.user.has_perm("tokens.add_mintingkey"):
             raise PermissionDenied
-        key = get_object_or_404(MintingKey.objects.select_related("project"), pk=object_id)
+        key = self.get_object_or_404(request, str(object_id), change=False)
         if request.method == "POST":
             if minting_key_revoke(key=key, actor=Actor.from_request(request)):
                 self.message_user(request, f"Minting key “{key}” revoked.", messages.SUCCESS)
@@ -131,11 +129,8 @@ class MintingKeyAdmin(admin.ModelAdmin):
         return TemplateResponse(
             request,
             "admin/tokens/mintingkey/revoke_confirm.html",
-            {**self._context(request, "Revoke minting key"), "key": key},
+            self.page_context(request, "Revoke minting key", key=key),
         )
-
-    def _context(self, request: HttpRequest, title: str) -> dict:
-        return {**self.admin_site.each_context(request), "opts": self.opts, "title": title}
 
     @staticmethod
     def _project_from_query(request: HttpRequest) -> Project | None:

@@ -4,28 +4,27 @@ Thin by design: forms parse, `tokens.services` decide and audit (with the operat
 Tokens are never edited field by field and never deleted.
 """
 
-import csv
 from datetime import datetime, timedelta
 
 from django.contrib import admin, messages
-from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from llmproxy.admin_history import AuditHistoryMixin
+from llmproxy.admin_toolkit import DetailPageMixin, NeverDeletedMixin, add_service_error, csv_response
 from llmproxy.audit import Actor
-from proxy.admin import usage_panel
+from llmproxy.audit.history import AuditHistoryMixin
+from llmproxy.errors import ServiceError
 
-from .forms import TokenGenerateForm, TokenLimitForm
-from .models import Token, TokenStatus
-from .selectors import BLOCKED_STATUS, token_search_filter, tokens_for_list, tokens_with_display_status
-from .services import token_generate, token_revoke, token_set_max_requests, tokens_revoke
+from ..forms import TokenGenerateForm, TokenLimitForm
+from ..models import Token, TokenStatus
+from ..selectors import BLOCKED_STATUS, token_search_filter, tokens_for_list, tokens_with_display_status
+from ..services import token_generate, token_revoke, token_set_max_requests, tokens_revoke
 
 # Badge classes come from templates/admin/base_site.html, shared with the project screens.
 BADGE_CLASSES = {
@@ -69,14 +68,23 @@ class TokenStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-def _csv_cell(value: object) -> str:
-    """Text a spreadsheet will not run as a formula (labels are typed by people)."""
-    text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+CSV_COLUMNS = [
+    "id",
+    "prefix",
+    "project",
+    "label",
+    "status",
+    "created_at",
+    "expires_at",
+    "request_count",
+    "max_requests",
+    "last_used_at",
+    "revoked_at",
+]
 
 
 @admin.register(Token)
-class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
+class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.ModelAdmin):
     list_display = (
         "short_id",
         "project_link",
@@ -85,7 +93,6 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
         "created",
         "expires",
         "requests",
-        "cached",
         "last_used",
         "row_actions",
     )
@@ -98,14 +105,8 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
     actions = ("export_csv", "revoke_selected")
     list_per_page = 50
     view_on_site = False
-
-    # --- permissions: tokens are never deleted ---------------------------------------------------------------
-
-    def has_delete_permission(self, request: HttpRequest, obj: Token | None = None) -> bool:
-        return False
-
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
-        return HttpResponseNotAllowed([], "Tokens are never deleted; revoke them instead.")
+    detail_template = "admin/tokens/token/detail.html"
+    not_deletable_message = "Tokens are never deleted; revoke them instead."
 
     # --- list ------------------------------------------------------------------------------------------------
 
@@ -152,10 +153,6 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
     def requests(self, obj: Token) -> str:
         return requests_display(obj)
 
-    @admin.display(description="Cached")
-    def cached(self, obj: Token) -> int:
-        return obj.cache_hit_count
-
     @admin.display(description="Last used", empty_value="Never")
     def last_used(self, obj: Token) -> datetime | None:
         return obj.last_used_at
@@ -171,27 +168,8 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
 
     @admin.action(description="Export selected as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Token]) -> HttpResponse:
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = 'attachment; filename="tokens.csv"'
-        writer = csv.writer(response)
-        writer.writerow(
+        rows = (
             [
-                "id",
-                "prefix",
-                "project",
-                "label",
-                "status",
-                "created_at",
-                "expires_at",
-                "request_count",
-                "max_requests",
-                "cache_hit_count",
-                "last_used_at",
-                "revoked_at",
-            ]
-        )
-        for token in queryset.select_related("project").order_by("-created_at"):
-            row = [
                 token.pk,
                 token.prefix,
                 token.project.name,
@@ -201,31 +179,29 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
                 token.expires_at,
                 token.request_count,
                 token.max_requests,
-                token.cache_hit_count,
                 token.last_used_at,
                 token.revoked_at,
             ]
-            writer.writerow([_csv_cell(value) for value in row])
-        return response
+            for token in queryset.select_related("project").order_by("-created_at")
+        )
+        return csv_response(request, "tokens.csv", CSV_COLUMNS, [rows])
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[Token]) -> TemplateResponse | None:
         if request.POST.get("post") == "yes":
-            count = tokens_revoke(tokens=queryset, actor=Actor.from_request(request))
+            count = tokens_revoke(tokens=queryset, actor=Actor.from_request(request)).revoked
             self.message_user(request, f"Revoked {count} token{'' if count == 1 else 's'}.", messages.SUCCESS)
             return None
         tokens = list(queryset.select_related("project"))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Revoke tokens: are you sure?",
-            "opts": self.opts,
-            "tokens": tokens,
-            "to_revoke": [t for t in tokens if t.revoked_at is None],
-            "already_revoked": [t for t in tokens if t.revoked_at is not None],
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-            "warning": NOT_REVOKED_HELP,
-        }
-        request.current_app = self.admin_site.name
+        context = self.page_context(
+            request,
+            "Revoke tokens: are you sure?",
+            tokens=tokens,
+            to_revoke=[t for t in tokens if t.revoked_at is None],
+            already_revoked=[t for t in tokens if t.revoked_at is not None],
+            action_checkbox_name=admin.helpers.ACTION_CHECKBOX_NAME,
+            warning=NOT_REVOKED_HELP,
+        )
         return TemplateResponse(request, "admin/tokens/token/revoke_selected_confirmation.html", context)
 
     # --- views -----------------------------------------------------------------------------------------------
@@ -237,19 +213,6 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
             path("<path:object_id>/limit/", wrap(self.limit_view), name="tokens_token_limit"),
             *super().get_urls(),
         ]
-
-    def _context(self, request: HttpRequest, title: str, **extra) -> dict:
-        request.current_app = self.admin_site.name
-        return {**self.admin_site.each_context(request), "title": title, "opts": self.opts, **extra}
-
-    def _get_token(self, request: HttpRequest, object_id: str, *, change: bool) -> Token:
-        token = self.get_object(request, unquote(object_id))
-        if token is None:
-            raise Http404("No token with this ID.")
-        allowed = self.has_change_permission(request, token) if change else self.has_view_permission(request, token)
-        if not allowed:
-            raise PermissionDenied
-        return token
 
     def _detail_url(self, token: Token) -> str:
         return reverse("admin:tokens_token_change", args=[token.pk])
@@ -269,10 +232,10 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
                         label=form.cleaned_data["label"],
                         actor=Actor.from_request(request),
                     )
-                except ValidationError as error:
-                    form.add_service_error(error)
+                except ServiceError as error:
+                    add_service_error(form, error, {"duration": "duration_hours"})
                 else:
-                    context = self._context(
+                    context = self.page_context(
                         request,
                         "Token generated",
                         token=issued.token,
@@ -285,29 +248,19 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
         else:
             form = TokenGenerateForm(initial={"project": request.GET.get("project")})
         return TemplateResponse(
-            request, "admin/tokens/token/generate.html", self._context(request, "Generate token", form=form)
+            request, "admin/tokens/token/generate.html", self.page_context(request, "Generate token", form=form)
         )
 
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
-    ) -> HttpResponse:
+    def detail_context(self, request: HttpRequest, token: Token) -> tuple[str, dict]:
         """The token's details: read-only (only the limit can change, and a token can be revoked)."""
-        if request.method not in ("GET", "HEAD"):
-            return HttpResponseNotAllowed(["GET", "HEAD"])
-        token = self._get_token(request, object_id, change=False)
-        context = self._context(
-            request,
-            f"Token {token.prefix}…",
-            token=token,
-            original=token,
-            status_badge=status_badge(token),
-            has_change_permission=self.has_change_permission(request, token),
-            usage=usage_panel(request, token=token),
-        )
-        return TemplateResponse(request, "admin/tokens/token/detail.html", context)
+        return f"Token {token.prefix}…", {
+            "token": token,
+            "status_badge": status_badge(token),
+            "has_change_permission": self.has_change_permission(request, token),
+        }
 
     def revoke_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        token = self._get_token(request, object_id, change=True)
+        token = self.get_object_or_404(request, object_id, change=True)
         if request.method == "POST":
             if token_revoke(token=token, actor=Actor.from_request(request)):
                 self.message_user(request, f"Token {token} revoked. It stops working immediately.", messages.SUCCESS)
@@ -317,11 +270,11 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
         if token.revoked_at is not None:
             self.message_user(request, f"Token {token} is already revoked.", messages.WARNING)
             return HttpResponseRedirect(self._detail_url(token))
-        context = self._context(request, "Revoke token: are you sure?", token=token, warning=NOT_REVOKED_HELP)
+        context = self.page_context(request, "Revoke token: are you sure?", token=token, warning=NOT_REVOKED_HELP)
         return TemplateResponse(request, "admin/tokens/token/revoke_confirmation.html", context)
 
     def limit_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        token = self._get_token(request, object_id, change=True)
+        token = self.get_object_or_404(request, object_id, change=True)
         if request.method == "POST":
             form = TokenLimitForm(request.POST)
             if form.is_valid():
@@ -329,13 +282,13 @@ class TokenAdmin(AuditHistoryMixin, admin.ModelAdmin):
                     token = token_set_max_requests(
                         token=token, max_requests=form.cleaned_data["max_requests"], actor=Actor.from_request(request)
                     )
-                except ValidationError as error:
-                    form.add_service_error(error)
+                except ServiceError as error:
+                    add_service_error(form, error)
                 else:
                     limit = "removed (unlimited)" if token.max_requests is None else f"set to {token.max_requests}"
                     self.message_user(request, f"Request limit of {token} {limit}.", messages.SUCCESS)
                     return HttpResponseRedirect(self._detail_url(token))
         else:
             form = TokenLimitForm(initial={"max_requests": token.max_requests})
-        context = self._context(request, f"Change request limit of {token.prefix}…", token=token, form=form)
+        context = self.page_context(request, f"Change request limit of {token.prefix}…", token=token, form=form)
         return TemplateResponse(request, "admin/tokens/token/limit.html", context)

@@ -1,7 +1,8 @@
-"""Who did it: the actor behind every state change, and the audit context that stamps it on log entries.
+"""The audit trail's foundation: the actor behind every state change, and the context that stamps it on entries.
 
 Services take an `Actor` and run their writes inside `audited(actor)`, so django-auditlog records the change with
 the actor, its address and how it came in (admin, API, command line), in the same transaction as the change.
+Nothing in this package imports an app of the project: every app builds on it.
 """
 
 from collections.abc import Iterable, Iterator

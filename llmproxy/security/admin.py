@@ -6,12 +6,14 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from llmproxy.admin_toolkit import ReadOnlyMixin
+
 from .models import SecurityEvent
-from .security import security_events, security_events_search
+from .selectors import security_events, security_events_search
 
 
 @admin.register(SecurityEvent)
-class SecurityEventAdmin(admin.ModelAdmin):
+class SecurityEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["last_seen", "kind", "reason", "count", "client_ip", "token_link", "project_link", "username"]
     list_display_links = ["last_seen"]
     list_filter = [
@@ -43,15 +45,6 @@ class SecurityEventAdmin(admin.ModelAdmin):
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         return security_events_search(queryset, search_term), False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: SecurityEvent | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: SecurityEvent | None = None) -> bool:
-        return False
 
     @admin.display(description="Token", ordering="token_prefix")
     def token_link(self, event: SecurityEvent) -> str:

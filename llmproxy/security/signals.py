@@ -3,8 +3,8 @@
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest
 
+from .events import record_security_event
 from .models import SecurityEventKind
-from .security import record_security_event
 
 
 def record_failed_login(sender, credentials: dict, request: HttpRequest | None = None, **kwargs) -> None:

@@ -1,4 +1,4 @@
-"""Security events: refused credentials and failed logins, recorded flood-proof and read by the admin.
+"""Recording security events, flood-proof.
 
 Identical events within one hour are one row whose `count` grows, written by a single atomic upsert, so an attacker
 repeating a request (or varying a made-up token) adds no rows. An event's identity is its kind, reason, client
@@ -9,13 +9,14 @@ one seen as a sample (and the last detail).
 
 import ipaddress
 import logging
-import re
+from collections.abc import Iterable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import cache
+from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, connections, transaction
-from django.db.models import Q, QuerySet
 from django.db.models.sql import Query
 from django.utils import timezone
 
@@ -24,11 +25,10 @@ from tokens import secret
 from tokens.models import Token
 
 from .models import SecurityEvent, SecurityEventKind, SecurityEventReason
+from .scrub import scrub_secrets
 
 logger = logging.getLogger(__name__)
 
-# Anything that looks like an API key or a token (`sk-…`) is cut to its display prefix before it is stored.
-SECRET_LIKE_RE = re.compile(r"sk-[A-Za-z0-9_\-]{7,}")
 USERNAME_MAX_LENGTH = SecurityEvent._meta.get_field("username").max_length
 DETAIL_MAX_LENGTH = SecurityEvent._meta.get_field("detail").max_length
 UPSERT_FIELDS = [
@@ -76,12 +76,12 @@ def record_security_event(
     values = {
         "kind": kind.value,
         "reason": reason,
-        "client_ip": _normalise_ip(client_ip),
+        "client_ip": normalise_ip(client_ip),
         "username": _scrub(username, USERNAME_MAX_LENGTH),
         "hour": now.replace(minute=0, second=0, microsecond=0),
         "token": token.pk if token is not None else None,
         "project": project_id,
-        "token_prefix": "".join(c for c in token_prefix if c.isprintable())[: secret.DISPLAY_PREFIX_LENGTH],
+        "token_prefix": "".join(c for c in token_prefix if c.isprintable())[: secret.TOKEN.display_length],
         "detail": _scrub(detail, DETAIL_MAX_LENGTH),
         "first_seen": now,
         "last_seen": now,
@@ -98,6 +98,47 @@ def record_security_event(
             cursor.execute(sql, params)
     except DatabaseError:
         logger.warning("could not record security event %s/%s", kind.value, reason or "-", exc_info=True)
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One event, as a writer that sees many at once (the proxy's usage writer) hands it over."""
+
+    kind: str
+    reason: str
+    client_ip: str | None
+    token_id: UUID | None = None
+    project_id: UUID | None = None
+    token_prefix: str = ""
+
+
+def record_security_events(occurrences: Iterable[Occurrence]) -> None:
+    """Count many events: identical ones (same identity) by one upsert, all in one transaction.
+
+    A database failure is logged, not raised, as for `record_security_event`.
+    """
+    grouped: dict[tuple, list] = {}  # identity -> [count, the last token prefix seen]
+    for o in occurrences:
+        entry = grouped.setdefault((o.kind, o.reason, o.client_ip, o.token_id, o.project_id), [0, ""])
+        entry[0] += 1
+        entry[1] = o.token_prefix
+    if not grouped:
+        return
+    try:
+        with transaction.atomic():
+            for (kind, reason, client_ip, token_id, project_id), (count, prefix) in grouped.items():
+                record_security_event(
+                    kind=kind,
+                    reason=reason,
+                    client_ip=client_ip,
+                    token=Token(pk=token_id, project_id=project_id) if token_id else None,
+                    project=Project(pk=project_id) if project_id else None,
+                    token_prefix=prefix,
+                    count=count,
+                )
+    except Exception:
+        logger.exception("could not record a batch of security events")
+        connection.close()
 
 
 @cache
@@ -131,7 +172,7 @@ def _upsert_sql(alias: str, identity: str) -> str:
     )
 
 
-def _normalise_ip(value: str | None) -> str:
+def normalise_ip(value: str | None) -> str:
     try:
         return str(ipaddress.ip_address((value or "").strip()))
     except ValueError:
@@ -139,20 +180,4 @@ def _normalise_ip(value: str | None) -> str:
 
 
 def _scrub(value: str, max_length: int) -> str:
-    value = SECRET_LIKE_RE.sub(lambda m: secret.display_prefix(m.group()) + "…", str(value))
-    return value[:max_length]
-
-
-def security_events() -> QuerySet[SecurityEvent]:
-    """All events, newest activity first, with what the admin list shows of their token and project."""
-    return SecurityEvent.objects.select_related("token", "project").order_by("-last_seen", "-pk")
-
-
-def security_events_search(events: QuerySet[SecurityEvent], term: str) -> QuerySet[SecurityEvent]:
-    """An IP address matches exactly (indexed); anything else matches a token prefix or an attempted user name."""
-    term = term.strip()
-    if not term:
-        return events
-    if ip := _normalise_ip(term):
-        return events.filter(client_ip=ip)
-    return events.filter(Q(token_prefix__startswith=term) | Q(username__icontains=term))
+    return scrub_secrets(str(value))[:max_length]

@@ -1,0 +1,147 @@
+"""Token counts read from a response as it passes: the usage object at the end of a JSON body, or the usage event of
+a server-sent-event stream (which the proxy may also remove, when it asked for it and the client did not)."""
+
+import json
+from dataclasses import dataclass
+
+_USAGE_KEY = b'"usage"'
+_decoder = json.JSONDecoder()
+
+
+@dataclass
+class TokenCounts:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+def counts_from(usage: object) -> TokenCounts | None:
+    """Chat/completions/embeddings name them prompt/completion; the Responses API input/output."""
+    if not isinstance(usage, dict):
+        return None
+
+    def number(*keys: str) -> int | None:
+        for key in keys:
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return None
+
+    counts = TokenCounts(
+        prompt_tokens=number("prompt_tokens", "input_tokens"),
+        completion_tokens=number("completion_tokens", "output_tokens"),
+        total_tokens=number("total_tokens"),
+    )
+    if counts == TokenCounts():
+        return None
+    return counts
+
+
+def _usage_in(document: object) -> TokenCounts | None:
+    if not isinstance(document, dict):
+        return None
+    found = counts_from(document.get("usage"))
+    if found is None and isinstance(document.get("response"), dict):  # Responses API: response.completed
+        found = counts_from(document["response"].get("usage"))
+    return found
+
+
+def counts_from_json_tail(tail: bytes) -> TokenCounts | None:
+    """The `usage` object of a JSON body, from the body's last bytes (OpenAI puts it last, after the payload)."""
+    position = len(tail)
+    while (position := tail.rfind(_USAGE_KEY, 0, position)) > 0:
+        if tail[position - 1 : position] != b"\\":  # a key, not an escaped quote inside some text
+            rest = tail[position + len(_USAGE_KEY) :].lstrip()
+            if rest.startswith(b":"):
+                try:
+                    value, _ = _decoder.raw_decode(rest[1:].lstrip().decode("utf-8", "replace"))
+                except ValueError:
+                    return None
+                return counts_from(value)
+    return None
+
+
+def _event_boundary(buffer: bytes | bytearray) -> int:
+    """The end of the last complete SSE event in the buffer (0 if none)."""
+    lf = buffer.rfind(b"\n\n")
+    crlf = buffer.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _split_events(block: bytes) -> list[bytes]:
+    """Complete events (each with its terminating blank line) from a block that ends on an event boundary."""
+    events, start = [], 0
+    while start < len(block):
+        lf = block.find(b"\n\n", start)
+        crlf = block.find(b"\r\n\r\n", start)
+        ends = [e + n for e, n in ((lf, 2), (crlf, 4)) if e >= 0]
+        end = min(ends) if ends else len(block)
+        events.append(block[start:end])
+        start = end
+    return events
+
+
+def _event_usage(event: bytes) -> TokenCounts | None:
+    data = b"".join(
+        line[5:].lstrip(b" ") for line in event.replace(b"\r\n", b"\n").split(b"\n") if line.startswith(b"data:")
+    )
+    if not data or data == b"[DONE]":
+        return None
+    try:
+        return _usage_in(json.loads(data))
+    except ValueError:
+        return None
+
+
+class StreamUsage:
+    """Finds the usage event of a server-sent-event stream as it passes, across any chunk boundaries.
+
+    With `strip`, the usage event is also removed from what the client receives (it did not ask for it). Complete
+    events are passed on as soon as their end arrives; only an incomplete event is held, and a client cannot use
+    half an event anyway. Without `strip`, every chunk passes on at once, untouched.
+    """
+
+    MAX_PENDING = 1 << 20  # an "event" this long is no SSE event: stop looking
+
+    def __init__(self, *, strip: bool) -> None:
+        self.strip = strip
+        self.counts: TokenCounts | None = None
+        self._pending = bytearray()
+        self._gave_up = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send on for this chunk."""
+        if self._gave_up:
+            return chunk
+        self._pending += chunk
+        end = _event_boundary(self._pending)
+        complete = bytes(self._pending[:end])
+        del self._pending[:end]
+        kept = self._scan(complete) if _USAGE_KEY in complete else complete
+        if len(self._pending) > self.MAX_PENDING:
+            self._gave_up = True
+            kept += bytes(self._pending)
+            self._pending.clear()
+        return kept if self.strip else chunk
+
+    def finish(self) -> bytes:
+        """What is still held when the stream ends (an unterminated last event)."""
+        rest = bytes(self._pending)
+        self._pending.clear()
+        if rest and not self._gave_up and _USAGE_KEY in rest:
+            counts = _event_usage(rest)
+            if counts is not None:
+                self.counts = counts
+                return b"" if self.strip else rest
+        return rest if self.strip else b""
+
+    def _scan(self, complete: bytes) -> bytes:
+        kept = []
+        for event in _split_events(complete):
+            counts = _event_usage(event) if _USAGE_KEY in event else None
+            if counts is not None:
+                self.counts = counts
+                if self.strip:
+                    continue
+            kept.append(event)
+        return b"".join(kept)

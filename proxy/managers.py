@@ -1,0 +1,87 @@
+"""The per-day sums of usage: how the usage writer adds a batch's records to them, exactly, on either database."""
+
+from collections.abc import Iterable
+from datetime import UTC, date
+from functools import cache
+from uuid import UUID
+
+from django.db import connections, models
+from django.db.models.sql import Query
+
+DAILY_KEY = ("day", "project", "token", "model")
+DAILY_SUMS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def daily_sums(rows: Iterable[dict]) -> dict[tuple[date, UUID | None, UUID | None, str], list[int]]:
+    """The rows of a batch summed per (UTC day, project, token, model), in the order of `DAILY_SUMS`."""
+    groups: dict[tuple[date, UUID | None, UUID | None, str], list[int]] = {}
+    for row in rows:
+        key = (row["time"].astimezone(UTC).date(), row.get("project_id"), row.get("token_id"), row.get("model", ""))
+        sums = groups.setdefault(key, [0] * len(DAILY_SUMS))
+        sums[0] += 1
+        sums[1] += row["status"] >= 400
+        sums[2] += bool(row.get("streamed"))
+        sums[3] += row.get("prompt_tokens") or 0
+        sums[4] += row.get("completion_tokens") or 0
+        sums[5] += row.get("total_tokens") or 0
+    return groups
+
+
+class UsageDailyManager(models.Manager):
+    def add(self, rows: Iterable[dict]) -> None:
+        """Add usage rows to their days' sums: one upsert per chunk of groups, in the caller's transaction.
+
+        Adding (`requests = requests + excluded.requests`, …) in the statement keeps the sums exact however many
+        processes write at once. Groups go in key order, so two writers lock shared rows in the same order (no
+        deadlock).
+        """
+        groups = daily_sums(rows)
+        if not groups:
+            return
+        connection = connections[self.db]
+        meta = self.model._meta
+        key_fields = [meta.get_field(name) for name in DAILY_KEY]
+        per_row = len(DAILY_KEY) + len(DAILY_SUMS)
+        chunk = max((connection.features.max_query_params or 60_000) // per_row, 1)
+        ordered = sorted(groups.items(), key=lambda item: tuple("" if v is None else str(v) for v in item[0]))
+        head, tail = _daily_upsert_sql(self.model, connection.alias)
+        with connection.cursor() as cursor:
+            for start in range(0, len(ordered), chunk):
+                part = ordered[start : start + chunk]
+                params = []
+                for key, sums in part:
+                    params += [
+                        field.get_db_prep_save(value, connection) for field, value in zip(key_fields, key, strict=True)
+                    ]
+                    params += sums
+                values = ", ".join([f"({', '.join(['%s'] * per_row)})"] * len(part))
+                cursor.execute(f"{head} {values} {tail}", params)
+
+
+@cache
+def _daily_upsert_sql(model: type[models.Model], alias: str) -> tuple[str, str]:
+    """`INSERT … VALUES` and `ON CONFLICT … DO UPDATE` around the values: the same statement on SQLite and PostgreSQL.
+
+    The conflict target is compiled from the model's unique constraint (nil UUID in place of a NULL id), just as the
+    migration compiled the index, so the two always match.
+    """
+    conn = connections[alias]
+    qn = conn.ops.quote_name
+    meta = model._meta
+    constraint = next(c for c in meta.constraints if c.name == "usagedaily_identity")
+    query = Query(model, alias_cols=False)
+    compiler = query.get_compiler(connection=conn)
+    conn.ensure_connection()
+    quote_value = conn.schema_editor().quote_value
+    target = []
+    for expression in constraint.expressions:
+        sql, params = compiler.compile(expression.resolve_expression(query))
+        target.append(f"({sql % tuple(quote_value(p) for p in params)})")
+    table = qn(meta.db_table)
+    columns = [qn(meta.get_field(name).column) for name in (*DAILY_KEY, *DAILY_SUMS)]
+    sums = [qn(meta.get_field(name).column) for name in DAILY_SUMS]
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+    tail = f"ON CONFLICT ({', '.join(target)}) DO UPDATE SET " + ", ".join(
+        f"{c} = {table}.{c} + excluded.{c}" for c in sums
+    )
+    return head, tail
