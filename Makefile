@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lint format bench bench-admin clean
+.PHONY: run test setup lint format bench bench-admin bench-faults cluster clean
 
 run: setup
 	$(PY) manage.py migrate --noinput
@@ -40,6 +40,14 @@ bench: setup
 
 bench-admin: setup
 	$(PY) bench/admin_bench.py
+
+bench-faults: setup
+	$(PY) bench/faults.py
+
+# Several instances behind HAProxy on the PostgreSQL of DATABASE_URL (see the README's "Running several instances").
+cluster: setup
+	$(PY) manage.py migrate --noinput
+	$(PY) deploy/cluster.py
 
 clean:
 	rm -rf $(VENV) data/static data/test*.sqlite3

@@ -104,12 +104,20 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": str(BASE_DIR / "data" / env.str("TEST_DATABASE_NAME", default="test.sqlite3"))}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must hand them back after each request
+    # A pooled connection the database (or a pooler, a NAT gateway, an idle timeout) has ended is found and replaced
+    # when the pool hands it out, not used to fail a request.
+    _db["CONN_HEALTH_CHECKS"] = True
     _db["OPTIONS"] = {
+        **_db.get("OPTIONS", {}),
+        "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=5),
         "pool": {
             "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
             "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
             "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
-        }
+            # Reconnection attempts back off; past this many seconds the pool starts afresh on the next request,
+            # so it is back within a request of the database's return instead of after a backoff of minutes.
+            "reconnect_timeout": env.float("DATABASE_RECONNECT_TIMEOUT", default=5.0),
+        },
     }
     if env.str("TEST_DATABASE_NAME", default=""):
         _db["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME")}
@@ -202,6 +210,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES
 # Usage records and security events older than this many days are deleted by `manage.py purge_usage` (run it
 # daily); the per-day usage sums are kept, so charts and summaries over older periods stay right.
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
+# Where each worker keeps usage records while the database cannot take them, until they are written (proxy.spill).
+# Local to the instance; it must survive a restart of the process (a volume, in a container).
+USAGE_SPILL_DIR = env.str("USAGE_SPILL_DIR", default=str(BASE_DIR / "data" / "spill"))
 if USAGE_RETENTION_DAYS < 1:
     refuse_to_start("USAGE_RETENTION_DAYS must be at least 1.")
 

@@ -1,12 +1,12 @@
 """One log line per proxied request, written by the usage writer thread from the request's usage row (see
 `proxy.writer`), so the event loop never formats or writes it. It holds what identifies and measures the request,
-never a token (only its display prefix), an upstream key, a header or a body.
+never a token (only its display prefix), an upstream key, a header or a body: the row's path and model have had
+anything shaped like a key cut to its display prefix.
 """
 
 import logging
 
 from llmproxy.logs import text_value
-from llmproxy.security.scrub import scrub_secrets
 
 logger = logging.getLogger("proxy.access")
 
@@ -19,7 +19,7 @@ def log_request(row: dict, project: str) -> None:
     """Log one finished request from its usage row (`project`: the project's name, or "")."""
     if not logger.isEnabledFor(logging.INFO):
         return
-    path = scrub_secrets(row["path"])
+    path = row["path"]
     fields = {
         "request_id": row["request_id"],
         "method": row["method"],
@@ -28,7 +28,7 @@ def log_request(row: dict, project: str) -> None:
         "project_id": str(row["project_id"]) if row["project_id"] else None,
         "project": project or None,
         "token_prefix": row["token_prefix"] or None,
-        "model": scrub_secrets(row["model"]) or None,
+        "model": row["model"] or None,
         "streamed": row["streamed"],
         "duration_ms": _ms(row["duration_ms"]),
         "ttfb_ms": _ms(row["ttfb_ms"]),
@@ -38,6 +38,7 @@ def log_request(row: dict, project: str) -> None:
         "client_ip": row["client_ip"],
         "refusal_code": row["refusal_code"] or None,
         "client_aborted": row["client_aborted"],
+        "upstream_aborted": row["upstream_aborted"],
     }
     logger.info("%s %s %s", row["method"], text_value(path), row["status"], extra={"fields": fields})
 

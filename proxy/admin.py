@@ -164,6 +164,7 @@ CSV_COLUMNS = [
     ("client_ip", "client_ip"),
     ("refusal_code", "refusal_code"),
     ("client_aborted", "client_aborted"),
+    ("upstream_aborted", "upstream_aborted"),
 ]
 
 
@@ -312,6 +313,8 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
         parts = [record.refusal_code] if record.refusal_code else []
         if record.client_aborted:
             parts.append("client aborted")
+        if record.upstream_aborted:
+            parts.append("upstream broke off")
         return ", ".join(parts) or "—"
 
     def change_view(

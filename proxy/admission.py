@@ -11,7 +11,8 @@ a test checks that both agree. Nothing here is cached: a revocation, a deactivat
 next request.
 
 `admit_async` is what the view awaits: on PostgreSQL it runs the same statement on one of the event loop's own
-async connections (proxy.db), with no hop to a thread; on SQLite it runs `admit` on the database thread.
+async connections (proxy.db), with no hop to a thread; on SQLite it runs `admit` on the database thread. Either way
+a dead connection costs one retry (proxy.db).
 """
 
 import uuid
@@ -78,10 +79,12 @@ async def admit_async(digest: str) -> Admission:
     if not db.is_postgresql():
         return await db.run(admit, digest)
     now = timezone.now()
-    pool = await db.loop_pool()
-    async with pool.connection() as conn:
+
+    async def statement(conn):
         cursor = await conn.execute(_admit_sql("postgresql"), [now, digest, now])
-        row = await cursor.fetchone()
+        return await cursor.fetchone()
+
+    row = await db.on_loop_connection(statement)
     if row is not None:
         return Admission(token_id=row[0], project_id=row[1], api_key_ciphertext=row[2])
     return await db.run(why_refused, digest, now)

@@ -17,6 +17,7 @@ from django.core.handlers.exception import convert_exception_to_response
 from . import errors
 from .exchange import Exchange, read_headers
 from .relay import UpstreamInterrupted
+from .writer import writer
 
 PREFIX = "/v1/"
 
@@ -127,13 +128,30 @@ class ProxyHandler(ASGIHandler):
         await self.send_response(exchange.refuse(errors.body_too_large(limit)), send)
 
 
+async def lifespan(receive, send) -> None:
+    """The worker's start and end: the usage writer starts with it (and writes back what dead processes left in
+    spill files), and writes or spills what it still holds before the worker exits."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            writer.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await asyncio.to_thread(writer.flush)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def with_proxy(application):
-    """The ASGI application: `/v1/…` to the proxy's handler, everything else to `application`."""
+    """The ASGI application: `/v1/…` to the proxy's handler, the lifespan to the proxy, everything else to
+    `application`."""
     proxy = ProxyHandler()
 
     async def route(scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await proxy(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await lifespan(receive, send)
         else:
             await application(scope, receive, send)
 

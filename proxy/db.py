@@ -1,7 +1,7 @@
 """The proxy's database work runs on a few dedicated threads, never on the request's own thread; on PostgreSQL
 the admission statement runs from the event loop itself, on a small pool of async connections.
 
-Each thread keeps its connection (taking one from PostgreSQL's pool costs five times the admission statement), so
+Each thread keeps one connection of its own (taking one from a pool costs five times the admission statement), so
 a worker holds PROXY_DB_THREADS connections whatever its load, and a stream holds none: the request's code never
 touches the database. With SQLite there is one thread per process, since SQLite lets one writer in at a time.
 
@@ -9,23 +9,50 @@ A hop to a thread and back costs more than the admission statement itself, so on
 PROXY_ADMISSION_CONNECTIONS async connections (psycopg's AsyncConnectionPool, made with the same parameters as
 Django's connections) that admission uses without leaving the event loop. A connection is held for the one
 statement only.
+
+Connections die: the database restarts, an operator or a pooler ends them, an idle timeout (pgbouncer, NAT
+gateways, managed databases) closes them. A dead connection costs one retry, never a refused request while the
+database is up: a thread's connection is reopened and the work run again once; the admission pool is checked (its
+dead connections replaced) and the statement run again once. Retrying is safe: a statement sent on a dead
+connection never ran (in the rare case the connection dies between the statement and its answer, admission may
+count one request twice against a limit, which errs on the side of refusing). When the database itself is away,
+the threads' connections are direct ones (not from Django's pool, whose reconnection backs off to minutes), with
+a connect timeout, so they come back within a second of the database.
 """
 
 import asyncio
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, connections
-from psycopg_pool import AsyncConnectionPool
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 T = TypeVar("T")
 
+# Errors that say the connection (or the database) is gone, as opposed to a statement's own error.
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
+
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
+
+
+def is_postgresql() -> bool:
+    return connections.settings[DEFAULT_DB_ALIAS]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def _direct_connection() -> None:
+    """A database thread's connection: its own, not the pool's (see the module's doc); the settings give it a
+    connect timeout (DATABASE_CONNECT_TIMEOUT)."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if wrapper.vendor != "postgresql":
+        return
+    options = {name: value for name, value in wrapper.settings_dict["OPTIONS"].items() if name != "pool"}
+    wrapper.settings_dict = {**wrapper.settings_dict, "OPTIONS": options}
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -33,12 +60,19 @@ def _pool() -> ThreadPoolExecutor:
     if _executor is None or _executor_pid != os.getpid():
         # A waiting SQLite writer sleeps in steps of milliseconds: one thread per process queues statements instead.
         threads = 1 if connection.vendor == "sqlite" else settings.PROXY_DB_THREADS
-        _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy-db")
+        _executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="proxy-db", initializer=_direct_connection
+        )
         _executor_pid = os.getpid()
     return _executor
 
 
 def _call(fn: Callable[..., T], *args) -> T:
+    """Run `fn` on this thread's connection; once more on a fresh connection if the connection was dead."""
+    try:
+        return fn(*args)
+    except CONNECTION_ERRORS:
+        connection.close()
     try:
         return fn(*args)
     except Exception:
@@ -50,16 +84,17 @@ async def run(fn: Callable[..., T], *args) -> T:
     return await sync_to_async(_call, thread_sensitive=False, executor=_pool())(fn, *args)
 
 
+def submit(fn: Callable[..., T], *args) -> Future:
+    """The same, from a thread (not the event loop), without waiting for the result."""
+    return _pool().submit(_call, fn, *args)
+
+
 def run_blocking(fn: Callable[..., T], *args) -> T:
     """The same, from a thread that may block (not the event loop)."""
-    return _pool().submit(_call, fn, *args).result()
+    return submit(fn, *args).result()
 
 
 _loop_pools: dict[asyncio.AbstractEventLoop, tuple[AsyncConnectionPool, asyncio.Task]] = {}
-
-
-def is_postgresql() -> bool:
-    return connections.settings[DEFAULT_DB_ALIAS]["ENGINE"] == "django.db.backends.postgresql"
 
 
 def _new_loop_pool() -> AsyncConnectionPool:
@@ -68,14 +103,14 @@ def _new_loop_pool() -> AsyncConnectionPool:
     params.pop("cursor_factory")  # Django's is a sync cursor; async connections use psycopg's own
     params["autocommit"] = True  # as Django runs statements outside atomic()
     pool_options = wrapper.settings_dict["OPTIONS"].get("pool")
-    timeout = pool_options.get("timeout", 30.0) if isinstance(pool_options, dict) else 30.0
+    pool_options = pool_options if isinstance(pool_options, dict) else {}
     size = settings.PROXY_ADMISSION_CONNECTIONS
     return AsyncConnectionPool(
         kwargs=params,
         min_size=size,
         max_size=size,
-        timeout=timeout,
-        check=AsyncConnectionPool.check_connection if wrapper.settings_dict["CONN_HEALTH_CHECKS"] else None,
+        timeout=pool_options.get("timeout", 30.0),
+        reconnect_timeout=pool_options.get("reconnect_timeout", 5.0),  # as Django's pool (see the settings)
         open=False,
         name="proxy-admission",
     )
@@ -93,3 +128,18 @@ async def loop_pool() -> AsyncConnectionPool:
     pool, opened = found
     await opened
     return pool
+
+
+async def on_loop_connection(statement: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+    """Run `statement` on one of this event loop's connections; if that connection was dead, check the whole pool
+    (its dead connections are replaced) and run it once more."""
+    pool = await loop_pool()
+    try:
+        async with pool.connection() as conn:
+            return await statement(conn)
+    except PoolTimeout:
+        raise  # no connection to be had: the database is away, not one connection
+    except psycopg.OperationalError:
+        await pool.check()
+    async with pool.connection() as conn:
+        return await statement(conn)

@@ -1,4 +1,5 @@
-"""The per-day sums of usage: how the usage writer adds a batch's records to them, exactly, on either database."""
+"""How the usage writer stores a batch, exactly, on either database: records inserted once each, per-day sums
+added to."""
 
 from collections.abc import Iterable
 from datetime import UTC, date
@@ -25,6 +26,34 @@ def daily_sums(rows: Iterable[dict]) -> dict[tuple[date, UUID | None, UUID | Non
         sums[4] += row.get("completion_tokens") or 0
         sums[5] += row.get("total_tokens") or 0
     return groups
+
+
+class UsageRecordManager(models.Manager):
+    def insert_new(self, rows: list[dict]) -> set[UUID]:
+        """Insert the rows whose `uid` is not there yet; the uids of those inserted (`INSERT … ON CONFLICT (uid) DO
+        NOTHING RETURNING uid`, the same statement on SQLite and PostgreSQL). Keys of a row that are not columns are
+        ignored, and columns a row lacks take their default."""
+        connection = connections[self.db]
+        qn = connection.ops.quote_name
+        meta = self.model._meta
+        fields = [f for f in meta.concrete_fields if not f.primary_key]
+        uid = meta.get_field("uid")
+        head = f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES "
+        tail = f" ON CONFLICT ({qn(uid.column)}) DO NOTHING RETURNING {qn(uid.column)}"
+        chunk = max((connection.features.max_query_params or 60_000) // len(fields), 1)
+        placeholders = f"({', '.join(['%s'] * len(fields))})"
+        inserted = set()
+        with connection.cursor() as cursor:
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                params = [
+                    f.get_db_prep_save(row[f.attname] if f.attname in row else f.get_default(), connection)
+                    for row in part
+                    for f in fields
+                ]
+                cursor.execute(head + ", ".join([placeholders] * len(part)) + tail, params)
+                inserted.update(uid.to_python(value) for (value,) in cursor.fetchall())
+        return inserted
 
 
 class UsageDailyManager(models.Manager):

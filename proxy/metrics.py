@@ -62,6 +62,17 @@ STREAMS_IN_FLIGHT = Gauge(
     "llmproxy_streams_in_flight", "Streamed responses being relayed right now.", multiprocess_mode="livesum"
 )
 REFUSALS = Counter("llmproxy_refusals", "Requests the proxy refused itself, by refusal code.", ["code"])
+USAGE_BACKLOG = Gauge(
+    "llmproxy_usage_backlog",
+    "Usage records not in the database yet: waiting, being written, or kept in spill files.",
+    multiprocess_mode="livesum",
+)
+USAGE_WRITE_FAILURES = Counter("llmproxy_usage_write_failures", "Usage batch writes that failed (and were kept).")
+USAGE_SPILLED = Counter("llmproxy_usage_spilled", "Usage records kept in a spill file while the database was away.")
+USAGE_REPLAYED = Counter("llmproxy_usage_replayed", "Usage records written back from spill files.")
+USAGE_DROPPED = Counter(
+    "llmproxy_usage_dropped", "Usage records lost: refused by the database, or with neither database nor disk."
+)
 
 OTHER_MODEL = "other"
 
@@ -74,9 +85,17 @@ class ProjectNames:
     def __init__(self) -> None:
         self._names: dict[UUID, tuple[str, float]] = {}
 
+    RETRY = 30.0  # seconds before names that could not be read are tried again (the database was away)
+
     def stale(self, ids: Iterable[UUID | None]) -> set[UUID]:
         expired = time.monotonic() - self.TTL
         return {pk for pk in ids if pk is not None and (pk not in self._names or self._names[pk][1] < expired)}
+
+    def postpone(self, ids: set[UUID]) -> None:
+        """Names that could not be read: keep what is known (or the id) and try again in `RETRY` seconds."""
+        retry = time.monotonic() - self.TTL + self.RETRY
+        for pk in ids:
+            self._names[pk] = (self.label(pk), retry)
 
     def load(self, ids: set[UUID]) -> None:
         """Read these names (on a proxy database thread)."""

@@ -8,7 +8,7 @@ from django.utils import timezone
 from projects.models import Project
 from tokens.models import Token
 
-from .managers import UsageDailyManager
+from .managers import UsageDailyManager, UsageRecordManager
 
 
 def log_reference(model: type[models.Model]) -> models.ForeignKey:
@@ -47,6 +47,14 @@ class UsageRecord(models.Model):
     request_id = models.CharField(max_length=128, db_index=True)
     refusal_code = models.CharField(max_length=40, blank=True, help_text="Why the proxy refused, if it did.")
     client_aborted = models.BooleanField(default=False, help_text="The client went away before the end.")
+    upstream_aborted = models.BooleanField(
+        default=False, help_text="The upstream broke off before the end (the client's response was cut too)."
+    )
+    # Set by the proxy for each request (never by a client): written once however often the record is retried or
+    # replayed from a spill file. Null on records written before it existed.
+    uid = models.UUIDField(null=True, blank=True, unique=True, editable=False)
+
+    objects = UsageRecordManager()
 
     class Meta:
         ordering = ["-time"]

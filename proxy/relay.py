@@ -41,7 +41,7 @@ class Relay:
 
     async def body(self):
         """The async iterator Django's StreamingHttpResponse sends."""
-        aborted = False
+        aborted = cut = False
         try:
             async for chunk in self.upstream.aiter_raw():
                 if self.json_tail is not None:
@@ -60,10 +60,11 @@ class Relay:
             aborted = True
             raise
         except httpx.HTTPError as exc:
+            cut = True
             logger.warning("upstream broke off request %s: %s", self.exchange.request_id, type(exc).__name__)
             raise UpstreamInterrupted("the upstream broke off the response body") from None
         finally:
-            await self.finish(aborted=aborted)
+            await self.finish(aborted=aborted, cut=cut)
 
     def watch(self, task: asyncio.Task | None) -> None:
         """Close the upstream even if the response is dropped before its body is ever iterated."""
@@ -74,7 +75,7 @@ class Relay:
         if not self.finished:
             asyncio.get_running_loop().create_task(self.finish(aborted=True))
 
-    async def finish(self, *, aborted: bool) -> None:
+    async def finish(self, *, aborted: bool, cut: bool = False) -> None:
         if self.finished:
             return
         self.finished = True
@@ -84,9 +85,9 @@ class Relay:
         try:
             await self.upstream.aclose()
         finally:
-            self._record(ended, aborted)
+            self._record(ended, aborted, cut)
 
-    def _record(self, ended: float, aborted: bool) -> None:
+    def _record(self, ended: float, aborted: bool, cut: bool) -> None:
         exchange = self.exchange
         exchange.record(
             status=self.upstream.status_code,
@@ -95,6 +96,7 @@ class Relay:
             upstream_ms=(ended - self.sent_at) * 1000,
             streamed=self.stream_usage is not None,
             client_aborted=aborted,
+            upstream_aborted=cut,
             counts=self.stream_usage.counts if self.stream_usage is not None else None,
             json_tail=bytes(self.json_tail) if self.json_tail else None,
         )

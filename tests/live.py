@@ -112,6 +112,7 @@ def start_server(
         "WEB_CONCURRENCY": str(workers),
         "LOG_LEVEL": "WARNING",
         "GRACEFUL_TIMEOUT": "3",
+        "USAGE_SPILL_DIR": str(log.parent / "spill"),  # each server its own, never the checkout's data/spill
         **(env or {}),
     }
     server_env.pop("TEST_DATABASE_NAME", None)

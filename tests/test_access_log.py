@@ -12,9 +12,11 @@ import httpx
 import openai
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from llmproxy.logs import JsonFormatter, TextFormatter
 from proxy.access_log import ProxiedRequestWarnings, log_request
+from proxy.writer import Record, _row
 from tests.conftest import VALID_KEY
 from tests.live import TEST_SERVER_ENV, database_url, start_server
 
@@ -158,28 +160,25 @@ def test_the_formatters_quote_and_escape_what_a_client_chose():
 
 
 def test_a_key_sent_as_the_model_or_in_the_path_is_cut_to_its_display_prefix(caplog):
-    row = {
-        "request_id": "r1",
-        "method": "POST",
-        "path": f"/v1/files/{VALID_KEY}",
-        "status": 404,
-        "project_id": None,
-        "token_prefix": "",
-        "model": VALID_KEY,
-        "streamed": False,
-        "duration_ms": 1.0,
-        "ttfb_ms": None,
-        "upstream_ms": None,
-        "client_ip": "127.0.0.1",
-        "refusal_code": "endpoint_not_allowed",
-        "client_aborted": False,
-    }
+    record = Record(
+        time=timezone.now(),
+        method="POST",
+        path=f"/v1/files/{VALID_KEY}",
+        status=404,
+        duration_ms=1.0,
+        request_id="r1",
+        client_ip="127.0.0.1",
+        model=VALID_KEY,
+        refusal_code="endpoint_not_allowed",
+    )
+    row = _row(record)  # as the usage writer makes the row it stores, counts and logs
     with caplog.at_level(logging.INFO, logger="proxy.access"):
         log_request(row, "")
 
     (logged,) = caplog.records
     assert VALID_KEY not in logged.getMessage() and VALID_KEY not in json.dumps(logged.fields)
     assert logged.fields["model"] == VALID_KEY[:12] + "…"
+    assert VALID_KEY not in row["path"] and VALID_KEY not in row["model"]  # nor stored, nor a metrics label
 
 
 def test_only_djangos_warnings_about_proxied_requests_are_dropped(rf):

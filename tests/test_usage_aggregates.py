@@ -15,7 +15,7 @@ from django.utils import timezone
 from proxy import selectors
 from proxy.counting import TokenCounts
 from proxy.models import UsageDaily, UsageRecord
-from proxy.writer import Record, UsageWriter
+from proxy.writer import Record, UsageWriter, _row, store, store_each
 from tests.live import wait_for_usage
 
 UTC = datetime.UTC
@@ -178,7 +178,8 @@ def test_concurrent_writers_keep_exact_sums(project_and_token):
 
 @pytest.mark.usefixtures("transactional_db")
 def test_a_failed_batch_leaves_no_half_written_sums(project_and_token, monkeypatch):
-    """Records and sums commit together: when the batch fails, it is written again row by row, counted once."""
+    """Records and sums commit together: a batch that fails leaves neither; written again (row by row, as the writer
+    does after a failure of its own), each counts once, even a row written twice."""
     project, token = project_and_token
     real, calls = UsageDaily.objects.add, []
 
@@ -186,12 +187,18 @@ def test_a_failed_batch_leaves_no_half_written_sums(project_and_token, monkeypat
         calls.append(len(rows))
         real(rows)
         if len(calls) == 1:
-            raise RuntimeError("the database went away")
+            raise RuntimeError("a row the database refuses")
 
     monkeypatch.setattr(UsageDaily.objects, "add", failing_once)
-    UsageWriter().write([record(project_id=project.pk, token_id=token.pk, model="gpt-4o") for _ in range(4)])
+    rows = [_row(record(project_id=project.pk, token_id=token.pk, model="gpt-4o")) for _ in range(4)]
+    with pytest.raises(RuntimeError):
+        store(rows)
+    assert UsageRecord.objects.count() == 0 and daily() == {}
 
-    assert calls == [4, 1, 1, 1, 1]
+    assert store_each(rows) == []
+    assert store(rows[:2]) == 0  # written already: a retried or replayed batch adds nothing
+
+    assert calls == [4, 1, 1, 1, 1, 0]
     assert UsageRecord.objects.count() == 4
     assert daily() == {(NOW.astimezone(UTC).date(), project.pk, token.pk, "gpt-4o"): (4, 0, 0, 0, 0, 0)}
 

@@ -189,7 +189,7 @@ _ERRORS = {
     "409": "Conflict with the current state.",
     "413": "Request body too large.",
     "500": "Unexpected error (a bug): the details are in the server log, never in the response.",
-    "503": DISABLED + ".",
+    "503": f"{DISABLED}; or (code `service_unavailable`, with Retry-After) the database cannot be reached.",
 }
 
 

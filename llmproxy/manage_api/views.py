@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -36,6 +36,13 @@ from .serializers import audit_event_json, issued_token_json, project_json, toke
 from .validation import MAX_BODY_BYTES, UUID_RE
 
 logger = logging.getLogger(__name__)
+
+DATABASE_UNAVAILABLE = ApiError(
+    503,
+    "the database is unavailable; try again shortly",
+    "service_unavailable",
+    headers={"Retry-After": "5"},
+)
 
 
 def _uuid_or_404(value: str, what: str) -> uuid.UUID:
@@ -85,6 +92,9 @@ class ApiView(View):
             return e.response()
         except ServiceError as e:
             return from_service_error(e).response()
+        except (OperationalError, InterfaceError):
+            logger.warning("management API: database unavailable on %s %s", request.method, request.path)
+            return DATABASE_UNAVAILABLE.response()
         except Exception:
             # Still JSON for the client; the traceback goes to the log, never into the response.
             logger.exception("management API: unexpected error on %s %s", request.method, request.path)

@@ -113,7 +113,8 @@ class Occurrence:
 
 
 def record_security_events(occurrences: Iterable[Occurrence]) -> None:
-    """Count many events: identical ones (same identity) by one upsert, all in one transaction.
+    """Count many events: identical ones (same identity) by one upsert, all in one transaction (a savepoint in the
+    caller's: the proxy's usage writer counts a batch's events with its records).
 
     A database failure is logged, not raised, as for `record_security_event`.
     """
@@ -136,9 +137,8 @@ def record_security_events(occurrences: Iterable[Occurrence]) -> None:
                     token_prefix=prefix,
                     count=count,
                 )
-    except Exception:
+    except DatabaseError:
         logger.exception("could not record a batch of security events")
-        connection.close()
 
 
 @cache
