@@ -196,7 +196,15 @@ PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", defau
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
 # Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).
 PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
-DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES
+
+# --- Limits against hostile clients ----------------------------------------------------------------------------
+# Enforced by the server before a request reaches the app: the body limit in the ASGI layer (llmproxy.body_limit;
+# `/v1/` has PROXY_MAX_BODY_BYTES instead).
+MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=1024 * 1024)
+if MAX_REQUEST_BODY_BYTES < 1:
+    refuse_to_start("MAX_REQUEST_BODY_BYTES must be at least 1.")
+# Django's own check on a body it reads must never refuse one the server let through, on either kind of path.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_REQUEST_BODY_BYTES, PROXY_MAX_BODY_BYTES)
 
 # --- Usage -----------------------------------------------------------------------------------------------------
 # Usage records and security events older than this many days are deleted by `manage.py purge_usage` (run it
