@@ -77,7 +77,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     The head's clock starts when the connection is made and, on a kept-alive connection, at the first byte of each
     later request (an idle connection between requests stays under the keep-alive timeout); it stops when the head
-    is complete. The head's size is counted twice: exactly, as the parser hands over the URL and each header
+    is complete. The head's size is counted twice: exactly, from the URL and the headers the parser hands over
     (checked when the head is complete), and in raw bytes received while a head is in progress, so a head that
     never ends (one endless header, which the parser would buffer whole) is refused once it passes the limit.
     """
@@ -134,23 +134,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = REQUEST_LINE_EXTRA
+        self._header_bytes = 0
         if self._head_timer is None:
             self._start_head_clock()
 
-    def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        super().on_url(url)
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + HEADER_LINE_EXTRA
-        super().on_header(name, value)
+        """uvicorn's (inlined: the parser calls this for every header), counting the header's bytes."""
+        self._header_bytes += len(name) + len(value)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._head_timer.cancel()
         self._head_timer = None
-        size = self._head_bytes + len(self.parser.get_method())
-        if size > self.limits.max_header_bytes or len(self.headers) > self.limits.max_headers:
+        headers = len(self.headers)
+        size = len(self.parser.get_method()) + len(self.url) + self._header_bytes + HEADER_LINE_EXTRA * headers
+        if size + REQUEST_LINE_EXTRA > self.limits.max_header_bytes or headers > self.limits.max_headers:
             self._refuse(HEAD_TOO_LARGE)
             raise _Refused
         super().on_headers_complete()
