@@ -178,6 +178,17 @@ def test_a_20_kib_header_is_431_and_nothing_reaches_the_upstream(server, live_db
     assert Token.objects.get(pk=issued.token.pk).request_count == 0
 
 
+def test_a_head_of_exactly_the_limit_is_served_and_one_byte_more_is_431(server):
+    def head(size: int) -> bytes:
+        start = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    for size, status in ((16384, 200), (16385, 431)):
+        with connect(server) as sock:
+            sock.sendall(head(size))
+            assert read_response(sock)[0] == status, size
+
+
 def test_101_headers_are_431_and_100_are_served(server):
     def head(headers: int) -> bytes:
         extra = b"".join(b"X-Header-%d: 1\r\n" % number for number in range(headers - 1))
