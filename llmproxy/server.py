@@ -8,6 +8,7 @@ reads its settings after loading the app, which sets Django up).
 """
 
 import asyncio
+import contextlib
 import logging
 import resource
 from dataclasses import dataclass
@@ -39,16 +40,12 @@ class Limits:
 
 def raise_descriptor_limit() -> None:
     """Raise the soft limit on open descriptors to the hard one (as far as an unprivileged process may), so a
-    common soft limit of 1,024 does not cap the connections."""
+    common soft limit of 1,024 does not cap the connections. Where the system refuses (macOS, whose hard limit is
+    "unlimited" but not really), the soft limit stays and the connection cap follows it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def connection_cap(wanted: int, descriptors: int, reserved: int) -> int:
-    """The connections a worker may hold: `wanted`, unless its descriptors (less `reserved`) cannot serve that
-    many at DESCRIPTORS_PER_CONNECTION each."""
-    return max(1, min(wanted, (descriptors - reserved) // DESCRIPTORS_PER_CONNECTION))
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _answer(status: int, text: bytes) -> bytes:
@@ -184,7 +181,7 @@ class LimitedUvicornWorker(UvicornWorker):
         per_connection = 3 if database["ENGINE"].endswith("sqlite3") else 1
         reserved = BASE_DESCRIPTORS + per_connection * connections + settings.PROXY_UPSTREAM_MAX_KEEPALIVE
         descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        cap = connection_cap(settings.MAX_CONNECTIONS_PER_WORKER, descriptors, reserved)
+        cap = max(1, min(settings.MAX_CONNECTIONS_PER_WORKER, (descriptors - reserved) // DESCRIPTORS_PER_CONNECTION))
         if cap < settings.MAX_CONNECTIONS_PER_WORKER:
             logger.warning(
                 "MAX_CONNECTIONS_PER_WORKER lowered from %d to %d: this worker may open %d descriptors",
