@@ -6,9 +6,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llmproxy.server import raise_descriptor_limit
+
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn workers whose HTTP protocol bounds the request head and the connections they hold (llmproxy.server).
+worker_class = "llmproxy.server.LimitedUvicornWorker"
 # Streams may run for many minutes; a graceful restart waits this long for them to finish.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "300"))
 # Async workers heartbeat from their event loop; this only catches a wedged worker.
@@ -19,6 +22,10 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Trust X-Forwarded-* only from a proxy the operator names (default: none, so REMOTE_ADDR is the real peer).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# --- Descriptors: every connection needs some (llmproxy.server), so the soft limit goes up to the hard one, here in
+# the master, for the workers to inherit.
+raise_descriptor_limit()
 
 # --- Logs: LOG_FORMAT=json makes gunicorn's own lines (and uvicorn's, which go through them) JSON like the app's.
 if os.environ.get("LOG_FORMAT", "plain").lower() == "json":

@@ -204,7 +204,27 @@ PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", defau
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
 # Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).
 PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
-DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES
+
+# --- Limits against hostile clients ----------------------------------------------------------------------------
+# Enforced by the server before a request reaches the app: the body limit in the ASGI layer (llmproxy.body_limit;
+# `/v1/` has PROXY_MAX_BODY_BYTES instead), the others by the HTTP protocol of the workers (llmproxy.server).
+MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=1024 * 1024)
+# The request head: its bytes (request line and header lines) and its number of headers; 431 beyond.
+MAX_REQUEST_HEADER_BYTES = env.int("MAX_REQUEST_HEADER_BYTES", default=16 * 1024)
+MAX_REQUEST_HEADERS = env.int("MAX_REQUEST_HEADERS", default=100)
+# Seconds a connection has to send a whole request head (from its start, or from the first byte of a later one).
+REQUEST_HEAD_TIMEOUT = env.float("REQUEST_HEAD_TIMEOUT", default=30.0)
+# Connections a worker holds at once (each may need three descriptors: see llmproxy.server); 503 beyond.
+MAX_CONNECTIONS_PER_WORKER = env.int("MAX_CONNECTIONS_PER_WORKER", default=1000)
+if min(MAX_REQUEST_BODY_BYTES, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, MAX_CONNECTIONS_PER_WORKER) < 1:
+    refuse_to_start(
+        "MAX_REQUEST_BODY_BYTES, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS and "
+        "MAX_CONNECTIONS_PER_WORKER must be at least 1."
+    )
+if REQUEST_HEAD_TIMEOUT <= 0:
+    refuse_to_start("REQUEST_HEAD_TIMEOUT must be more than 0 seconds.")
+# Django's own check on a body it reads must never refuse one the server let through, on either kind of path.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_REQUEST_BODY_BYTES, PROXY_MAX_BODY_BYTES)
 
 # --- Usage -----------------------------------------------------------------------------------------------------
 # Usage records and security events older than this many days are deleted by `manage.py purge_usage` (run it

@@ -3,7 +3,8 @@
 The admin's middleware (sessions, CSRF, messages, clickjacking, …) has nothing to do for an API call, and on an
 async request Django runs each of its hooks through a hop to a thread: a dozen hops per request. The proxy's own
 handler loads none, so a request reaches the view directly (URL resolution, the view and its response are plain
-Django). It is also the one place the body limit (PROXY_MAX_BODY_BYTES) is kept (`BodyLimit`).
+Django). Its body limit (PROXY_MAX_BODY_BYTES) is kept in front of it, by the mechanism every path shares
+(llmproxy.body_limit); a body over it is refused here, in OpenAI's envelope and with a usage record.
 """
 
 import asyncio
@@ -14,46 +15,14 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 
+from llmproxy.body_limit import limit_body
+
 from . import errors
 from .exchange import Exchange, read_headers
 from .relay import UpstreamInterrupted
 from .writer import writer
 
 PREFIX = "/v1/"
-
-
-class BodyLimit:
-    """A request body's size against a limit: refused up front by its Content-Length when that says too much, or
-    cut off as soon as the body read so far passes the limit (a chunked body has no length to go by).
-
-    Wraps `receive`: past the limit it reports a disconnect, so Django stops reading and answers nothing; `exceeded`
-    then says the answer is 413.
-    """
-
-    def __init__(self, scope, receive, limit: int) -> None:
-        self.receive = receive
-        self.limit = limit
-        self.received = 0
-        self.exceeded = self._declared(scope) > limit
-
-    @staticmethod
-    def _declared(scope) -> int:
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    return int(value)
-                except ValueError:
-                    return 0
-        return 0
-
-    async def __call__(self):
-        message = await self.receive()
-        if message["type"] == "http.request":
-            self.received += len(message.get("body", b""))
-            if self.received > self.limit:
-                self.exceeded = True
-                return {"type": "http.disconnect"}
-        return message
 
 
 class ProxyHandler(ASGIHandler):
@@ -108,22 +77,16 @@ class ProxyHandler(ASGIHandler):
             await self.send_response(response, send)
 
     async def __call__(self, scope, receive, send) -> None:
-        guarded = BodyLimit(scope, receive, settings.PROXY_MAX_BODY_BYTES)
-        if guarded.exceeded:
-            await self._too_large(scope, send, guarded.limit)
-            return
         try:
             # Django's own __call__ wraps this in a ThreadSensitiveContext, which starts a new thread per request
             # for sync code; the proxy's handle runs none (see handle), so none is started.
-            await self.handle(scope, guarded, send)
+            await self.handle(scope, receive, send)
         except UpstreamInterrupted:
             # Returning with the response unfinished makes the server close the connection without the final
             # chunk, so the client sees the body is cut (already logged, without a traceback).
             return
-        if guarded.exceeded:
-            await self._too_large(scope, send, guarded.limit)
 
-    async def _too_large(self, scope, send, limit: int) -> None:
+    async def too_large(self, scope, send, limit: int) -> None:
         exchange = Exchange.from_scope(scope, read_headers(scope))
         await self.send_response(exchange.refuse(errors.body_too_large(limit)), send)
 
@@ -143,9 +106,10 @@ async def lifespan(receive, send) -> None:
 
 
 def with_proxy(application):
-    """The ASGI application: `/v1/…` to the proxy's handler, the lifespan to the proxy, everything else to
-    `application`."""
-    proxy = ProxyHandler()
+    """The ASGI application: `/v1/…` to the proxy's handler (its bodies limited), the lifespan to the proxy,
+    everything else to `application`."""
+    handler = ProxyHandler()
+    proxy = limit_body(handler, settings.PROXY_MAX_BODY_BYTES, handler.too_large)
 
     async def route(scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):

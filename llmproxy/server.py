@@ -1,0 +1,192 @@
+"""The HTTP server's own limits against hostile clients: uvicorn's httptools protocol with a bound on the request
+head (its size, its number of headers, the time it may take to arrive) and on the connections a worker holds, and
+the gunicorn worker class that serves with it (named in gunicorn.conf.py).
+
+Each limit is enforced before a request reaches the app, so a refused request is never proxied, counted or logged
+as one. The gunicorn master imports this module to find the worker class: it must not import Django (the worker
+reads its settings after loading the app, which sets Django up).
+"""
+
+import asyncio
+import contextlib
+import logging
+import resource
+from dataclasses import dataclass
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
+
+logger = logging.getLogger("uvicorn.error")
+
+# Descriptors a worker needs besides its connections: listening sockets, log and metrics files, the event loop's
+# own, static files being served (database and idle upstream connections are added from the settings).
+BASE_DESCRIPTORS = 128
+# A connection may hold three: its socket, an upstream connection and a request body spooled to a temporary file.
+DESCRIPTORS_PER_CONNECTION = 3
+# The request line's bytes besides its URL and method (two spaces, `HTTP/1.1`, CRLF) and the blank line ending the
+# head; each header line adds `: ` and CRLF to its name and value.
+REQUEST_LINE_EXTRA = 12 + 2
+HEADER_LINE_EXTRA = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int
+    max_headers: int
+    head_timeout: float
+    max_connections: int
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one (as far as an unprivileged process may), so a
+    common soft limit of 1,024 does not cap the connections. Where the system refuses (macOS, whose hard limit is
+    "unlimited" but not really), the soft limit stays and the connection cap follows it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _answer(status: int, text: bytes) -> bytes:
+    """A whole response that ends the connection, for a client the app never sees."""
+    return b"".join(
+        (
+            STATUS_LINE[status],
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(text),
+            b"connection: close\r\n\r\n",
+            text,
+        )
+    )
+
+
+HEAD_TOO_LARGE = _answer(431, b"Request header fields too large.\n")
+BUSY = _answer(503, b"Too many connections; try again later.\n")
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that has been answered and closed."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the limits of `limits` (set by the worker, one per process).
+
+    The head's clock starts when the connection is made and, on a kept-alive connection, at the first byte of each
+    later request (an idle connection between requests stays under the keep-alive timeout); it stops when the head
+    is complete. The head's size is counted twice: exactly, from the URL and the headers the parser hands over
+    (checked when the head is complete), and in raw bytes received while a head is in progress, so a head that
+    never ends (one endless header, which the parser would buffer whole) is refused once it passes the limit.
+    """
+
+    limits: Limits
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(BUSY)
+            return
+        self._start_head_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _start_head_clock(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+        self._head_received = 0
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self.transport.close()
+
+    def _refuse(self, answer: bytes) -> None:
+        self.transport.write(answer)
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with the raw count of a head in progress, and quiet about a request already refused."""
+        self._unset_keepalive_if_required()
+        if self._head_timer is not None:
+            self._head_received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if not self.transport.is_closing():
+                message = "Invalid HTTP request received."
+                self.logger.warning(message)
+                self.send_400_response(message)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._head_timer is not None and self._head_received > self.limits.max_header_bytes:
+            self._refuse(HEAD_TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._head_timer is None:
+            self._start_head_clock()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """uvicorn's (inlined: the parser calls this for every header), counting the header's bytes."""
+        self._header_bytes += len(name) + len(value)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._head_timer.cancel()
+        self._head_timer = None
+        headers = len(self.headers)
+        size = len(self.parser.get_method()) + len(self.url) + self._header_bytes + HEADER_LINE_EXTRA * headers
+        if size + REQUEST_LINE_EXTRA > self.limits.max_header_bytes or headers > self.limits.max_headers:
+            self._refuse(HEAD_TOO_LARGE)
+            raise _Refused
+        super().on_headers_complete()
+
+
+class LimitedUvicornWorker(UvicornWorker):
+    """gunicorn's uvicorn worker serving with LimitedHttpToolsProtocol."""
+
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": LimitedHttpToolsProtocol}
+
+    def load_wsgi(self) -> None:
+        """Load the app (in the worker process), then take the limits from its settings."""
+        super().load_wsgi()
+        from django.conf import settings
+
+        LimitedHttpToolsProtocol.limits = Limits(
+            max_header_bytes=settings.MAX_REQUEST_HEADER_BYTES,
+            max_headers=settings.MAX_REQUEST_HEADERS,
+            head_timeout=settings.REQUEST_HEAD_TIMEOUT,
+            max_connections=self._connection_cap(settings),
+        )
+
+    @staticmethod
+    def _connection_cap(settings) -> int:
+        """MAX_CONNECTIONS_PER_WORKER, lowered (with a warning) to what the worker's descriptors allow."""
+        database = settings.DATABASES["default"]
+        connections = database["OPTIONS"].get("pool", {}).get("max_size", 0) + settings.PROXY_DB_THREADS
+        connections += settings.PROXY_ADMISSION_CONNECTIONS
+        # A SQLite connection holds three files (the database, its write-ahead log, its shared memory).
+        per_connection = 3 if database["ENGINE"].endswith("sqlite3") else 1
+        reserved = BASE_DESCRIPTORS + per_connection * connections + settings.PROXY_UPSTREAM_MAX_KEEPALIVE
+        descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cap = max(1, min(settings.MAX_CONNECTIONS_PER_WORKER, (descriptors - reserved) // DESCRIPTORS_PER_CONNECTION))
+        if cap < settings.MAX_CONNECTIONS_PER_WORKER:
+            logger.warning(
+                "MAX_CONNECTIONS_PER_WORKER lowered from %d to %d: this worker may open %d descriptors",
+                settings.MAX_CONNECTIONS_PER_WORKER,
+                cap,
+                descriptors,
+            )
+        return cap
