@@ -110,8 +110,8 @@ class Traffic:
                         headers={"Authorization": f"Bearer {self.token}", "X-Request-ID": request_id},
                     )
                     status = str(response.status_code)
-                except httpx.HTTPError:
-                    status, request_id = "no answer", None
+                except httpx.HTTPError as error:
+                    status, request_id = type(error).__name__, None
                 with self.lock:
                     self.outcome.answers[status] += 1
                     if request_id:
@@ -135,6 +135,9 @@ class Traffic:
 
 
 def streams(server: Server, token: str, outcome: Outcome, prefix: str, count: int = 10) -> list[threading.Thread]:
+    """Streams of 3 s each; returns once every one has its first bytes (so a fault hits them mid-stream)."""
+    started = threading.Semaphore(0)
+
     def one(index: int) -> None:
         request_id = f"{prefix}-stream-{index}"
         try:
@@ -150,11 +153,13 @@ def streams(server: Server, token: str, outcome: Outcome, prefix: str, count: in
                 },
                 timeout=60,
             ) as response:
-                for _ in response.iter_bytes():
-                    pass
+                for index, _ in enumerate(response.iter_bytes()):
+                    if index == 0:
+                        started.release()
             status = f"{response.status_code} (stream)"
-        except httpx.HTTPError:
-            status, request_id = "no answer (stream)", None
+        except httpx.HTTPError as error:
+            started.release()
+            status, request_id = f"{type(error).__name__} (stream)", None
         outcome.answers[status] += 1
         if request_id:
             outcome.ids.add(request_id)
@@ -162,6 +167,8 @@ def streams(server: Server, token: str, outcome: Outcome, prefix: str, count: in
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
+    for _ in threads:
+        started.acquire(timeout=30)
     return threads
 
 
@@ -244,7 +251,6 @@ def outage(env, tmp, token, records, seconds: float = 5.0) -> Outcome:
     traffic = Traffic(server, token, outcome, "outage")
     time.sleep(0.5)
     running = streams(server, token, outcome, "outage")
-    time.sleep(1.0)
     relay.cut()
     time.sleep(seconds)
     relay.restore()
@@ -291,7 +297,6 @@ def graceful_stop(env, tmp, token, records) -> Outcome:
     outcome = Outcome("TERM while 10 streams run (graceful stop)")
     server = Server(env, tmp)
     running = streams(server, token, outcome, "term")
-    time.sleep(1.0)
     server.process.terminate()
     for thread in running:
         thread.join(60)
