@@ -9,6 +9,7 @@ from collections.abc import Callable
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -27,7 +28,7 @@ from tokens.services import project_set_active, project_tokens_revoke
 from .forms import ProjectCreateForm, ProjectEditForm
 from .models import Project
 from .selectors import project_list_with_token_counts
-from .services import project_create, project_update
+from .services import project_create, project_set_limits, project_update
 
 # The upstream key never reaches an error report: Django's reports list POST data, masked only where told so.
 sensitive_key = method_decorator(sensitive_post_parameters("api_key"))
@@ -132,7 +133,12 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
         form = ProjectCreateForm(request.POST if request.method == "POST" else None)
         if form.is_valid():
             try:
-                project = project_create(**form.cleaned_data, actor=Actor.from_request(request))
+                project = project_create(
+                    name=form.cleaned_data["name"],
+                    api_key=form.cleaned_data["api_key"],
+                    actor=Actor.from_request(request),
+                    **form.limits(),
+                )
             except ServiceError as e:
                 add_service_error(form, e)
             else:
@@ -168,15 +174,19 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
     def edit_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         project = self.get_object_or_404(request, object_id, change=True)
         data = request.POST if request.method == "POST" else None
-        form = ProjectEditForm(data, initial={"name": project.name}, masked_key=project.api_key_masked)
+        initial = {"name": project.name, **{name: getattr(project, name) for name in ProjectEditForm.LIMITS}}
+        form = ProjectEditForm(data, initial=initial, masked_key=project.api_key_masked)
         if form.is_valid():
+            actor = Actor.from_request(request)
             try:
-                project = project_update(
-                    project=project,
-                    name=form.cleaned_data["name"],
-                    api_key=form.cleaned_data["api_key"] or None,
-                    actor=Actor.from_request(request),
-                )
+                with transaction.atomic():
+                    project = project_update(
+                        project=project,
+                        name=form.cleaned_data["name"],
+                        api_key=form.cleaned_data["api_key"] or None,
+                        actor=actor,
+                    )
+                    project = project_set_limits(project=project, actor=actor, **form.limits())
             except ServiceError as e:
                 add_service_error(form, e)
             else:

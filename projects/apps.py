@@ -12,4 +12,10 @@ class ProjectsConfig(AppConfig):
 
         # Only what an operator changes. The ciphertext is never logged: a key rotation shows up as a change of
         # `api_key_updated_at`. Listing the fields also keeps reverse relations (tokens, …) out of the diffs.
-        auditlog.register(Project, include_fields=["name", "is_active", "deactivated_at", "api_key_updated_at"])
+        auditlog.register(
+            Project,
+            include_fields=[
+                *("name", "is_active", "deactivated_at", "api_key_updated_at"),
+                *("requests_per_minute", "tokens_per_minute", "budget_usd", "budget_period"),
+            ],
+        )

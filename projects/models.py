@@ -1,15 +1,21 @@
 import uuid
 from datetime import datetime
+from decimal import Decimal
 
 from django.db import models
 from django.db.models.functions import Lower
 
 from . import crypto
 from .keys import mask_api_key, validate_api_key
+from .limits import BudgetPeriod, SpendLimits, period_key, period_resets_at
 
 
-class Project(models.Model):
-    """An upstream OpenAI API key, with the tokens handed out against it. Never deleted: kept for the audit."""
+class Project(SpendLimits):
+    """An upstream OpenAI API key, with the tokens handed out against it. Never deleted: kept for the audit.
+
+    Its limits hold for all its tokens together; its budget counts per `budget_period` (`spent_usd` is the spend
+    of the period `spend_period` names).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
@@ -19,6 +25,15 @@ class Project(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     deactivated_at = models.DateTimeField(null=True, blank=True)
+    budget_period = models.CharField(
+        max_length=8,
+        choices=BudgetPeriod.choices,
+        default=BudgetPeriod.MONTH,
+        help_text="The budget counts per calendar period in UTC, and starts again at its end.",
+    )
+    spend_period = models.BigIntegerField(default=0, editable=False)
+
+    COUNTERS = (*SpendLimits.COUNTERS, "spend_period")
 
     class Meta:
         ordering = ["name"]
@@ -56,6 +71,13 @@ class Project(models.Model):
         self.is_active = active
         self.deactivated_at = None if active else now
         return True
+
+    def spent_in_period(self, now: datetime) -> Decimal:
+        """The spend of the budget period `now` falls in (what was spent in an earlier one no longer counts)."""
+        return self.spent_usd if self.spend_period == period_key(self.budget_period, now) else Decimal(0)
+
+    def budget_resets_at(self, now: datetime) -> datetime | None:
+        return period_resets_at(self.budget_period, now)
 
     @property
     def status_label(self) -> str:

@@ -15,6 +15,7 @@ from llmproxy.errors import ServiceError
 
 from . import crypto
 from .keys import INVALID_API_KEY
+from .limits import clean_limits
 from .models import Project
 
 DUPLICATE_NAME = "A project with this name already exists."
@@ -57,8 +58,9 @@ def _save(project: Project, **kwargs) -> None:
         raise _duplicate_name() from None  # a concurrent create or rename took the name after the check
 
 
-def project_create(*, name: str, api_key: str, actor: Actor) -> Project:
-    project = Project(name=_clean_name(name))
+def project_create(*, name: str, api_key: str, actor: Actor, **limits) -> Project:
+    """A new, active project; `limits`: any of requests_per_minute, tokens_per_minute, budget_usd, budget_period."""
+    project = Project(name=_clean_name(name), **clean_limits(limits))
     _set_api_key(project, api_key)
     if _name_taken(project.name):
         raise _duplicate_name()
@@ -79,6 +81,19 @@ def project_update(*, project: Project, actor: Actor, name: str | None = None, a
         if api_key:
             _set_api_key(project, api_key)
         _save(project)
+    return project
+
+
+def project_set_limits(*, project: Project, actor: Actor, **limits) -> Project:
+    """Set, change or remove (None) the limits given; the others stay. Each bites on the next request."""
+    cleaned = clean_limits(limits)
+    with transaction.atomic(), audited(actor):
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        changed = [name for name, value in cleaned.items() if getattr(project, name) != value]
+        for name in changed:
+            setattr(project, name, cleaned[name])
+        if changed:
+            project.save(update_fields=[*changed, "updated_at"])
     return project
 
 

@@ -1,28 +1,38 @@
-"""Admission: one SQL statement that checks a token and counts the request, atomically, on every database.
+"""Admission: one atomic step that checks a token, its project and their limits, and counts the request.
 
-The statement is an `UPDATE … FROM … RETURNING` whose conditions all sit on the token row being updated (and the
-joined project row). On PostgreSQL under READ COMMITTED, a concurrent update of the same token makes the statement
-wait for the row lock and then re-check those conditions against the new row version, so a limit of N admits
-exactly N however many requests race. (A form with the conditions inside an `IN (SELECT …)` subquery would not be
-re-checked and over-admits.) SQLite serialises writers, so the same statement is exact there too.
+It admits when the token is known, not revoked, not expired, under its request limit, its project is active, and
+neither the token nor the project has reached its per-minute request limit, its per-minute token limit or its
+dollar budget; it then counts the request (the token's total and its minute, and the project's minute when the
+project has a per-minute request limit). Everything is read and written in one statement, so every limit is exact
+however many workers and instances serve the traffic; nothing here is cached, so a revocation, a deactivation or a
+new limit bites on the next request.
 
-The conditions are the status rule of `tokens.models.status_conditions` for "active", plus an active project;
-a test checks that both agree. Nothing here is cached: a revocation, a deactivation or a new limit bites on the
-next request.
+On PostgreSQL it is one statement: a `SELECT … FOR UPDATE OF t` that checks every condition (locking the token row,
+so a concurrent admission of the same token waits and the conditions are re-checked against the row it committed),
+then the `UPDATE` of the project's minute (re-checked the same way against the project row) and the `UPDATE` of the
+token that depends on it. (A form that checks in an `IN (SELECT …)` subquery without the lock would not be re-checked
+and over-admits.) A project without a per-minute request limit is not written at all, so its tokens do not queue on
+its row. On SQLite, which lets one writer in at a time, the same checks and counts are one IMMEDIATE transaction.
 
-`admit_async` is what the view awaits: on PostgreSQL it runs the same statement on one of the event loop's own
-async connections (proxy.db), with no hop to a thread; on SQLite it runs `admit` on the database thread. Either way
-a dead connection costs one retry (proxy.db).
+The token's conditions are the status rule of `tokens.models.status_conditions` for "active", plus an active
+project; a test checks that both agree. Tokens-per-minute and dollars are known only after a response: admission
+refuses once they have reached their limit, and `proxy.settlement` charges them before the response ends.
+
+`admit_async` is what the view awaits: on PostgreSQL the statement runs on one of the event loop's own async
+connections (proxy.db), with no hop to a thread; on SQLite it runs `admit` on the database thread. Either way a dead
+connection costs one retry (proxy.db).
 """
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from functools import cache
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
+from projects.limits import minute_key, minute_reset_seconds, period_keys
 from projects.models import Project
 from tokens.models import Token, TokenStatus
 
@@ -30,47 +40,209 @@ from . import db, errors
 
 
 @dataclass(frozen=True)
+class Allowance:
+    """What is left of the per-minute limits after this request (the tighter of the token's and the project's), for
+    the response's `x-ratelimit-*` headers, and what the request's end must settle."""
+
+    minute: int
+    reset_seconds: int
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    budgeted: bool = False  # a dollar budget applies (the token's or the project's): the model must have a price
+    counts_requests: bool = False  # a request limit applies: an upstream failure gives the request back
+    project_minute: bool = False  # the project's minute was counted (it has a per-minute request limit)
+
+    @property
+    def charges_before_end(self) -> bool:
+        """The request's tokens and cost are charged before its response ends, so the next request sees them."""
+        return self.budgeted or self.tokens_limit is not None
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        reset = f"{self.reset_seconds}s"
+        if self.requests_limit is not None:
+            headers["x-ratelimit-limit-requests"] = str(self.requests_limit)
+            headers["x-ratelimit-remaining-requests"] = str(self.requests_remaining)
+            headers["x-ratelimit-reset-requests"] = reset
+        if self.tokens_limit is not None:
+            headers["x-ratelimit-limit-tokens"] = str(self.tokens_limit)
+            headers["x-ratelimit-remaining-tokens"] = str(self.tokens_remaining)
+            headers["x-ratelimit-reset-tokens"] = reset
+        return headers
+
+
+@dataclass(frozen=True)
 class Admission:
-    """What admission decided: admitted (no `refusal`, and the project's encrypted key), or refused and why. The
-    token and its project are named whenever they are known, refused or not."""
+    """What admission decided: admitted (no `refusal`, the project's encrypted key and the allowance), or refused and
+    why. The token and its project are named whenever they are known, refused or not."""
 
     token_id: uuid.UUID | None
     project_id: uuid.UUID | None
     api_key_ciphertext: str = ""
     refusal: errors.Refusal | None = None
+    allowance: Allowance | None = None
+
+
+# --- the statement ------------------------------------------------------------------------------------------------
+
+_RETURNED = (
+    "token_id",
+    "project_id",
+    "api_key_ciphertext",
+    "max_requests",
+    "t_rpm",
+    "t_rpm_count",
+    "p_rpm",
+    "p_rpm_count",
+    "t_tpm",
+    "t_tpm_used",
+    "p_tpm",
+    "p_tpm_used",
+    "t_budget",
+    "p_budget",
+)
+
+_CONDITIONS = """
+    t.digest = %(digest)s AND p.id = t.project_id AND p.is_active
+    AND t.revoked_at IS NULL AND t.expires_at > %(now)s
+    AND (t.max_requests IS NULL OR t.request_count < t.max_requests)
+    AND (t.requests_per_minute IS NULL OR t.rpm_minute <> %(minute)s OR t.rpm_count < t.requests_per_minute)
+    AND (p.requests_per_minute IS NULL OR p.rpm_minute <> %(minute)s OR p.rpm_count < p.requests_per_minute)
+    AND (t.tokens_per_minute IS NULL OR t.tpm_minute <> %(minute)s OR t.tpm_count < t.tokens_per_minute)
+    AND (p.tokens_per_minute IS NULL OR p.tpm_minute <> %(minute)s OR p.tpm_count < p.tokens_per_minute)
+    AND (t.budget_usd IS NULL OR t.spent_usd < t.budget_usd)
+    AND (p.budget_usd IS NULL OR p.spent_usd < p.budget_usd OR p.spend_period <> CASE p.budget_period
+        WHEN 'day' THEN %(day)s WHEN 'week' THEN %(week)s WHEN 'month' THEN %(month)s ELSE 0 END)
+"""
+
+# The minute's count after this request: the stored one when it is this minute's, else a new minute's first.
+_NEXT_MINUTE = "CASE WHEN {t}rpm_minute = %(minute)s THEN {t}rpm_count + 1 ELSE 1 END"
+_USED = "CASE WHEN {t}tpm_minute = %(minute)s THEN {t}tpm_count ELSE 0 END"
 
 
 @cache
-def _admit_sql(vendor: str) -> str:
+def _postgresql_sql() -> str:
     token, project = Token._meta.db_table, Project._meta.db_table
-    if vendor == "sqlite":
-        # SQLite's RETURNING may only name the updated table, so the key comes from a scalar subquery.
-        returning = f"id, project_id, (SELECT k.api_key_ciphertext FROM {project} AS k WHERE k.id = project_id)"
-    else:
-        returning = "t.id, t.project_id, p.api_key_ciphertext"
-    return (
-        f"UPDATE {token} AS t SET request_count = t.request_count + 1, last_used_at = %s "
-        f"FROM {project} AS p "
-        "WHERE t.digest = %s AND p.id = t.project_id AND p.is_active "
-        "AND t.revoked_at IS NULL AND t.expires_at > %s "
-        "AND (t.max_requests IS NULL OR t.request_count < t.max_requests) "
-        f"RETURNING {returning}"
-    )
+    return f"""
+WITH ok AS (
+    SELECT t.id AS token_id, t.project_id, p.api_key_ciphertext, t.max_requests,
+        t.requests_per_minute AS t_rpm, {_NEXT_MINUTE.format(t="t.")} AS t_rpm_count, p.requests_per_minute AS p_rpm,
+        t.tokens_per_minute AS t_tpm, {_USED.format(t="t.")} AS t_tpm_used,
+        p.tokens_per_minute AS p_tpm, {_USED.format(t="p.")} AS p_tpm_used,
+        t.budget_usd AS t_budget, p.budget_usd AS p_budget
+    FROM {token} AS t, {project} AS p
+    WHERE {_CONDITIONS}
+    FOR UPDATE OF t
+), minute AS (
+    UPDATE {project} AS p SET rpm_count = {_NEXT_MINUTE.format(t="p.")}, rpm_minute = %(minute)s
+    FROM ok
+    WHERE p.id = ok.project_id AND ok.p_rpm IS NOT NULL
+        AND (p.rpm_minute <> %(minute)s OR p.rpm_count < p.requests_per_minute)
+    RETURNING p.rpm_count
+), counted AS (
+    UPDATE {token} AS t SET request_count = t.request_count + 1, last_used_at = %(now)s,
+        rpm_count = {_NEXT_MINUTE.format(t="t.")}, rpm_minute = %(minute)s
+    FROM ok
+    WHERE t.id = ok.token_id AND (ok.p_rpm IS NULL OR EXISTS (SELECT 1 FROM minute))
+    RETURNING t.id
+)
+SELECT ok.token_id, ok.project_id, ok.api_key_ciphertext, ok.max_requests, ok.t_rpm, ok.t_rpm_count, ok.p_rpm,
+    (SELECT rpm_count FROM minute), ok.t_tpm, ok.t_tpm_used, ok.p_tpm, ok.p_tpm_used, ok.t_budget, ok.p_budget
+FROM ok JOIN counted ON counted.id = ok.token_id
+"""
+
+
+@cache
+def _sqlite_sql() -> tuple[str, str]:
+    """The token's update (its RETURNING may only name the updated table: the project's values are subqueries), and
+    the project minute's; both in one IMMEDIATE transaction."""
+    token, project = Token._meta.db_table, Project._meta.db_table
+
+    def of_project(expression: str) -> str:
+        return f"(SELECT {expression} FROM {project} AS p WHERE p.id = project_id)"
+
+    admit = f"""
+UPDATE {token} AS t SET request_count = t.request_count + 1, last_used_at = %(now)s,
+    rpm_count = {_NEXT_MINUTE.format(t="t.")}, rpm_minute = %(minute)s
+FROM {project} AS p
+WHERE {_CONDITIONS}
+RETURNING id, project_id, {of_project("api_key_ciphertext")}, max_requests, requests_per_minute, rpm_count,
+    {of_project("requests_per_minute")}, NULL, tokens_per_minute, {_USED.format(t="")},
+    {of_project("tokens_per_minute")}, {of_project(_USED.format(t="p."))}, budget_usd, {of_project("budget_usd")}
+"""
+    minute = f"""
+UPDATE {project} SET rpm_count = {_NEXT_MINUTE.format(t="")}, rpm_minute = %(minute)s
+WHERE id = %(project_id)s RETURNING rpm_count
+"""
+    return admit, minute
+
+
+def _params(digest: str, now: datetime, stamp) -> dict:
+    return {"digest": digest, "now": stamp, "minute": minute_key(now), **period_keys(now)}
 
 
 def _uuid(value) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
+def _decimal(value) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _admitted(row: tuple, now: datetime) -> Admission:
+    values = dict(zip(_RETURNED, row, strict=True))
+    t_rpm, p_rpm, t_tpm, p_tpm = values["t_rpm"], values["p_rpm"], values["t_tpm"], values["p_tpm"]
+    requests = [
+        (limit, limit - count)
+        for limit, count in ((t_rpm, values["t_rpm_count"]), (p_rpm, values["p_rpm_count"]))
+        if limit
+    ]
+    tokens = [
+        (limit, max(limit - used, 0))
+        for limit, used in ((t_tpm, values["t_tpm_used"]), (p_tpm, values["p_tpm_used"]))
+        if limit
+    ]
+    requests_limit, requests_remaining = min(requests, key=lambda pair: pair[1]) if requests else (None, None)
+    tokens_limit, tokens_remaining = min(tokens, key=lambda pair: pair[1]) if tokens else (None, None)
+    allowance = Allowance(
+        minute=minute_key(now),
+        reset_seconds=minute_reset_seconds(now),
+        requests_limit=requests_limit,
+        requests_remaining=requests_remaining,
+        tokens_limit=tokens_limit,
+        tokens_remaining=tokens_remaining,
+        budgeted=values["t_budget"] is not None or values["p_budget"] is not None,
+        counts_requests=bool(values["max_requests"] or t_rpm or p_rpm),
+        project_minute=p_rpm is not None,
+    )
+    return Admission(
+        token_id=_uuid(values["token_id"]),
+        project_id=_uuid(values["project_id"]),
+        api_key_ciphertext=values["api_key_ciphertext"],
+        allowance=allowance,
+    )
+
+
 def admit(digest: str, now: datetime | None = None) -> Admission:
-    """Admit and count one request for the token with this digest, or say why not. Runs in a worker thread."""
+    """Admit and count one request for the token with this digest, or say why not (a database thread; SQLite)."""
     now = now or timezone.now()
-    stamp = connection.ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
-        cursor.execute(_admit_sql(connection.vendor), [stamp, digest, stamp])
-        row = cursor.fetchone()
+    params = _params(digest, now, connection.ops.adapt_datetimefield_value(now))
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_postgresql_sql(), params)
+            row = cursor.fetchone()
+    else:
+        admit_sql, minute_sql = _sqlite_sql()
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(admit_sql, params)
+            row = cursor.fetchone()
+            if row is not None and row[_RETURNED.index("p_rpm")] is not None:
+                cursor.execute(minute_sql, {**params, "project_id": row[1]})
+                row = (*row[:7], cursor.fetchone()[0], *row[8:])
     if row is not None:
-        return Admission(token_id=_uuid(row[0]), project_id=_uuid(row[1]), api_key_ciphertext=row[2])
+        return _admitted(row, now)
     return why_refused(digest, now)
 
 
@@ -79,36 +251,57 @@ async def admit_async(digest: str) -> Admission:
     if not db.is_postgresql():
         return await db.run(admit, digest)
     now = timezone.now()
+    params = _params(digest, now, now)
 
     async def statement(conn):
-        cursor = await conn.execute(_admit_sql("postgresql"), [now, digest, now])
+        cursor = await conn.execute(_postgresql_sql(), params)
         return await cursor.fetchone()
 
     row = await db.on_loop_connection(statement)
     if row is not None:
-        return Admission(token_id=row[0], project_id=row[1], api_key_ciphertext=row[2])
+        return _admitted(row, now)
     return await db.run(why_refused, digest, now)
 
 
+# --- why not ----------------------------------------------------------------------------------------------------
+
+
 def why_refused(digest: str, now: datetime) -> Admission:
-    """The one follow-up query: which rule refused the token (in the order the status rule gives)."""
-    token = (
-        Token.objects.filter(digest=digest)
-        .only("id", "project_id", "revoked_at", "expires_at", "max_requests", "request_count", "project__is_active")
-        .select_related("project")
-        .first()
-    )
+    """The one follow-up query: which rule refused the token (the status rule's order, then budgets, then the
+    per-minute limits), with what the client needs to know about it."""
+    token = Token.objects.filter(digest=digest).select_related("project").first()
     if token is None:
         return Admission(token_id=None, project_id=None, refusal=errors.unknown_token())
+    project = token.project
     status = token.status_at(now)
     if status == TokenStatus.REVOKED:
         refusal = errors.token_revoked()
     elif status == TokenStatus.EXPIRED:
         refusal = errors.token_expired()
-    elif not token.project.is_active:
+    elif not project.is_active:
         refusal = errors.project_inactive()
+    elif status == TokenStatus.LIMIT_REACHED:
+        refusal = errors.request_limit_reached(token.max_requests)
+    elif token.budget_usd is not None and token.spent_usd >= token.budget_usd:
+        refusal = errors.token_budget_exceeded(token.budget_usd)
+    elif project.budget_usd is not None and project.spent_in_period(now) >= project.budget_usd:
+        refusal = errors.project_budget_exceeded(
+            project.budget_usd, project.budget_period, project.budget_resets_at(now)
+        )
     else:
-        # Limit reached; or, in a race with an operator raising it between the two statements, usable again: the
-        # next request is admitted.
-        refusal = errors.request_limit_reached(token.max_requests or token.request_count)
+        refusal = _rate_limited(token, project, now)
     return Admission(token_id=token.id, project_id=token.project_id, refusal=refusal)
+
+
+def _rate_limited(token: Token, project: Project, now: datetime) -> errors.Refusal:
+    """The per-minute limit that is full (or, in a race with a new minute or a raised limit, a short retry)."""
+    reset = minute_reset_seconds(now)
+    for owner, limit, used, kind in (
+        ("token", token.requests_per_minute, token.requests_this_minute(now), "requests"),
+        ("project", project.requests_per_minute, project.requests_this_minute(now), "requests"),
+        ("token", token.tokens_per_minute, token.tokens_this_minute(now), "tokens"),
+        ("project", project.tokens_per_minute, project.tokens_this_minute(now), "tokens"),
+    ):
+        if limit is not None and used >= limit:
+            return errors.rate_limit_exceeded(owner, kind, limit, reset)
+    return errors.rate_limit_exceeded("token", "requests", None, 1)

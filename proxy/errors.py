@@ -5,10 +5,13 @@ Messages are fixed texts plus harmless facts (a method, a path, a limit): never 
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 
 from django.http import HttpResponse
 
 from llmproxy.security.models import SecurityEventKind, SecurityEventReason
+from llmproxy.security.scrub import scrub_secrets
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class Refusal:
     type: str = "invalid_request_error"
     retry: bool = False  # whether the SDK should retry it (it retries 429 and 5xx unless told not to)
     event: tuple[str, str] | None = None  # (kind, reason) of the security event it is, if it is one
+    headers: tuple[tuple[str, str], ...] = ()  # what else the answer says: Retry-After, x-ratelimit-*
+    param: str | None = None  # the request parameter at fault, as OpenAI names it
 
 
 def _auth_failed(reason: str) -> tuple[str, str]:
@@ -130,6 +135,66 @@ def upstream_key_unusable() -> Refusal:
     )
 
 
+def rate_limit_exceeded(owner: str, kind: str, limit: int | None, reset_seconds: int) -> Refusal:
+    """A per-minute limit (`kind`: requests or tokens) of the token or its project is reached: the SDKs wait for
+    Retry-After and try again, as they should."""
+    headers = [("Retry-After", str(reset_seconds))]
+    if limit is not None:
+        headers += [
+            (f"x-ratelimit-limit-{kind}", str(limit)),
+            (f"x-ratelimit-remaining-{kind}", "0"),
+            (f"x-ratelimit-reset-{kind}", f"{reset_seconds}s"),
+        ]
+    whose = "This token" if owner == "token" else "This token's project"
+    limit_text = f"its limit of {limit} {kind} per minute" if limit is not None else f"its {kind} per minute"
+    return Refusal(
+        429,
+        "rate_limit_exceeded",
+        f"{whose} has reached {limit_text}. Try again in {reset_seconds} s.",
+        type=kind,
+        retry=True,
+        headers=tuple(headers),
+    )
+
+
+def _usd(amount: Decimal) -> str:
+    return f"${amount:,.2f}" if amount == amount.quantize(Decimal("0.01")) else f"${amount.normalize():,f}"
+
+
+def token_budget_exceeded(budget: Decimal) -> Refusal:
+    return Refusal(
+        429,
+        "budget_exceeded",
+        f"This token has spent its budget of {_usd(budget)}. Ask the operator to raise it.",
+        type="insufficient_quota",
+    )
+
+
+def project_budget_exceeded(budget: Decimal, period: str, resets_at: datetime | None) -> Refusal:
+    when = "It does not reset" if resets_at is None else f"It resets on {resets_at:%Y-%m-%d} at 00:00 UTC"
+    per = "in total" if period == "total" else f"this {period}"
+    return Refusal(
+        429,
+        "budget_exceeded",
+        f"This token's project has spent its budget of {_usd(budget)} {per}. {when}; ask the operator to raise it "
+        "sooner.",
+        type="insufficient_quota",
+    )
+
+
+def model_not_priced(model: str) -> Refusal:
+    """A dollar budget applies, and the model has no price: it would cost an unknown amount, so it is refused."""
+    shown = scrub_secrets(model)[:100] or "(none)"
+    return Refusal(
+        403,
+        "model_not_priced",
+        f"The model {shown!r} has no price, and a dollar budget applies to this token or its project, so it cannot "
+        "be used until an operator adds a price (admin: Model prices; PUT /manage/prices/{model}; or "
+        "manage.py load_prices).",
+        param="model",
+    )
+
+
 def _size(n: int) -> str:
     for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= factor and n % factor == 0:
@@ -138,7 +203,7 @@ def _size(n: int) -> str:
 
 
 def refusal_body(refusal: Refusal) -> bytes:
-    error = {"message": refusal.message, "type": refusal.type, "param": None, "code": refusal.code}
+    error = {"message": refusal.message, "type": refusal.type, "param": refusal.param, "code": refusal.code}
     return json.dumps({"error": error}).encode()
 
 
@@ -146,6 +211,7 @@ def refusal_headers(refusal: Refusal) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
     if not refusal.retry:
         headers["X-Should-Retry"] = "false"  # the OpenAI SDKs honour it: retrying a refusal changes nothing
+    headers.update(refusal.headers)
     return headers
 
 

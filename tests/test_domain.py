@@ -13,7 +13,7 @@ from tests.conftest import OTHER_KEY, VALID_KEY
 from tokens import secret
 from tokens.models import Token, TokenStatus
 from tokens.selectors import token_search_filter
-from tokens.services import project_set_active, project_tokens_revoke, token_revoke, token_set_max_requests
+from tokens.services import project_set_active, project_tokens_revoke, token_revoke, token_set_limits
 
 pytestmark = pytest.mark.django_db
 
@@ -127,7 +127,7 @@ def test_revoke_all_logs_every_token(make_project, make_token, operator):
 
 def test_limit_can_be_raised_or_removed(make_project, make_token, operator):
     token = make_token(make_project(), max_requests=5).token
-    assert token_set_max_requests(token=token, max_requests=10, actor=operator).max_requests == 10
-    assert token_set_max_requests(token=token, max_requests=0, actor=operator).max_requests is None
+    assert token_set_limits(token=token, max_requests=10, actor=operator).max_requests == 10
+    assert token_set_limits(token=token, max_requests=0, actor=operator).max_requests is None
     with pytest.raises(ValidationError):
-        token_set_max_requests(token=token, max_requests=-1, actor=operator)
+        token_set_limits(token=token, max_requests=-1, actor=operator)

@@ -13,7 +13,7 @@ from projects.services import project_update
 from tests.conftest import OTHER_KEY, VALID_KEY
 from tests.live import wait_for_usage
 from tokens.models import Token
-from tokens.services import project_set_active, token_revoke, token_set_max_requests
+from tokens.services import project_set_active, token_revoke, token_set_limits
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -123,7 +123,7 @@ def test_request_limit(openai_client, project, make_token, operator, upstream):
     assert "2 requests" in error.message
     assert error.response.headers["x-should-retry"] == "false"
 
-    token_set_max_requests(token=issued.token, max_requests=3, actor=operator)
+    token_set_limits(token=issued.token, max_requests=3, actor=operator)
     client.chat.completions.create(**CHAT)
     assert len(upstream.requests) == 3
     assert Token.objects.get(pk=issued.token.pk).request_count == 3

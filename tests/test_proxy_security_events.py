@@ -12,7 +12,7 @@ from django.utils import timezone
 from llmproxy.security.models import SecurityEvent
 from tokens import secret
 from tokens.models import Token
-from tokens.services import project_set_active, token_revoke, token_set_max_requests
+from tokens.services import project_set_active, token_revoke, token_set_limits
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -105,7 +105,7 @@ def test_admitted_requests_and_other_refusals_are_no_security_events(
     project = make_project()
     issued = make_token(project)
     assert post(proxy_server, issued.plaintext).status_code == 200
-    token_set_max_requests(token=issued.token, max_requests=1, actor=operator)
+    token_set_limits(token=issued.token, max_requests=1, actor=operator)
     assert post(proxy_server, issued.plaintext).status_code == 429
     assert httpx.get(f"{proxy_server.base_url}/not-served", timeout=5).status_code == 404
     assert post(proxy_server, None).status_code == 401  # a marker: once it is counted, the others were written

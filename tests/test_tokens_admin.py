@@ -217,6 +217,7 @@ def test_list_shows_every_column_and_coloured_status(admin_client, token_zoo):
         "Created",
         "Expires",
         "Requests",
+        "Spend",
         "Last used",
         "Actions",
     ]
@@ -298,7 +299,7 @@ def test_sorting_by_requests_created_and_expires(admin_client, make_project, mak
     assert by[column["created"]] == [a.pk, b.pk, c.pk]
     html = admin_client.get(reverse(CHANGELIST)).content.decode()
     sortable = set(re.findall(r'<th scope="col" class="sortable column-(\w+)', html))
-    assert sortable == {"created", "expires", "requests"}
+    assert sortable == {"created", "expires", "requests", "spend"}
 
 
 def test_list_query_count_does_not_grow_with_rows(admin_client, make_project, make_token, operator):
@@ -359,6 +360,7 @@ def test_export_selected_as_csv(admin_client, token_zoo):
         "expires_at",
         "request_count",
         "max_requests",
+        "spent_usd",
         "last_used_at",
         "revoked_at",
     ]

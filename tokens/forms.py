@@ -3,6 +3,7 @@
 from django import forms
 from django.conf import settings
 
+from projects.forms import budget_field, per_minute_field
 from projects.models import Project
 from projects.selectors import active_projects
 
@@ -56,14 +57,35 @@ class TokenGenerateForm(forms.Form):
             error_messages={"invalid": message, "min_value": message, "max_value": message},
             widget=forms.NumberInput(attrs={"list": "duration-presets", "step": 1}),
         )
-        self.fields["max_requests"] = _max_requests_field()
+        _add_limit_fields(self)
 
     @property
     def duration_presets(self) -> list[tuple[int, str]]:
         return [(hours, label) for hours, label in DURATION_PRESETS if hours <= settings.TOKEN_MAX_DURATION_HOURS]
 
+    def limits(self) -> dict:
+        return {name: self.cleaned_data[name] for name in LIMITS}
 
-class TokenLimitForm(forms.Form):
+
+class TokenLimitsForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["max_requests"] = _max_requests_field()
+        _add_limit_fields(self)
+
+    def limits(self) -> dict:
+        return {name: self.cleaned_data[name] for name in LIMITS}
+
+
+LIMITS = ("max_requests", "requests_per_minute", "tokens_per_minute", "budget_usd")
+
+
+def _add_limit_fields(form: forms.Form) -> None:
+    """A token's own limits (its project's hold too): blank for none."""
+    form.fields["max_requests"] = _max_requests_field()
+    form.fields["requests_per_minute"] = per_minute_field("Requests of this token in a clock minute.")
+    form.fields["tokens_per_minute"] = per_minute_field(
+        "Prompt + completion tokens the upstream reported for this token, in a clock minute."
+    )
+    form.fields["budget_usd"] = budget_field(
+        "Spend in US dollars over the token's whole life; once reached, every request is refused."
+    )

@@ -6,6 +6,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from projects.limits import SpendLimits
 from projects.models import Project
 
 
@@ -72,8 +73,11 @@ class IssuedCredential(models.Model):
         return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label
 
 
-class Token(IssuedCredential):
-    """A short-lived, revocable credential for one project. The secret itself is never stored."""
+class Token(IssuedCredential, SpendLimits):
+    """A short-lived, revocable credential for one project. The secret itself is never stored.
+
+    Its limits are its own, on top of its project's; its budget counts over its whole life.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="tokens")

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from llmproxy.audit import Actor, audited, log_updates
 from llmproxy.errors import ServiceError
+from projects.limits import SHARED_LIMITS, clean_limits
 from projects.models import Project
 
 from . import secret
@@ -73,16 +74,36 @@ def normalize_max_requests(value: int | None) -> int | None:
     return value
 
 
+def _clean_token_limits(limits: dict) -> dict:
+    """A token's limits: max_requests (blank or 0: none), and those it shares with projects (None: none)."""
+    cleaned = clean_limits({name: value for name, value in limits.items() if name != "max_requests"})
+    if "max_requests" in limits:
+        cleaned["max_requests"] = normalize_max_requests(limits["max_requests"])
+    return cleaned
+
+
+def _within_project(project: Project, limits: dict) -> None:
+    """A minting key's tokens: no limit above the project's own (a program cannot hand out more than it has)."""
+    for name in SHARED_LIMITS:
+        ceiling, value = getattr(project, name), limits.get(name)
+        if ceiling is not None and value is not None and value > ceiling:
+            message = f"{name} must not be above the project's ({ceiling})."
+            raise ServiceError("exceeds_project_limit", message, field=name)
+
+
 def token_generate(
     *,
     project: Project,
     duration: timedelta,
     actor: Actor,
-    max_requests: int | None = None,
     label: str = "",
+    within_project_limits: bool = False,
+    **limits,
 ) -> IssuedToken:
+    """A new token, shown this once. `limits`: any of max_requests, requests_per_minute, tokens_per_minute,
+    budget_usd (over the token's life). `within_project_limits` (minting keys): none above the project's."""
     validate_duration(duration)
-    max_requests = normalize_max_requests(max_requests)
+    limits = _clean_token_limits(limits)
     label = (label or "").strip()
     if len(label) > LABEL_MAX_LENGTH:
         raise ServiceError("too_long", f"Label must be at most {LABEL_MAX_LENGTH} characters.", field="label")
@@ -92,13 +113,15 @@ def token_generate(
         project = Project.objects.select_for_update().get(pk=project.pk)
         if not project.is_active:
             raise ServiceError("project_inactive", INACTIVE_PROJECT, field="project")
+        if within_project_limits:
+            _within_project(project, limits)
         token = Token.objects.create(
             project=project,
             label=label,
             digest=secret.digest(plaintext),
             prefix=secret.TOKEN.display_prefix(plaintext),
             expires_at=timezone.now() + duration,
-            max_requests=max_requests,
+            **limits,
             **actor.stamp("created"),
         )
     return IssuedToken(token=token, plaintext=plaintext)
@@ -147,14 +170,17 @@ def project_set_active(
     return ProjectActivation(project=project, changed=changed, revoked=revoked)
 
 
-def token_set_max_requests(*, token: Token, max_requests: int | None, actor: Actor) -> Token:
-    """Raise, lower or remove (None/0) a token's request limit."""
-    max_requests = normalize_max_requests(max_requests)
+def token_set_limits(*, token: Token, actor: Actor, **limits) -> Token:
+    """Set, change or remove the limits given (max_requests: None or 0; the others: None); the others stay. Each
+    bites on the next request."""
+    cleaned = _clean_token_limits(limits)
     with transaction.atomic(), audited(actor):
         token = Token.objects.select_for_update().get(pk=token.pk)
-        if token.max_requests != max_requests:
-            token.max_requests = max_requests
-            token.save(update_fields=["max_requests"])
+        changed = [name for name, value in cleaned.items() if getattr(token, name) != value]
+        for name in changed:
+            setattr(token, name, cleaned[name])
+        if changed:
+            token.save(update_fields=changed)
     return token
 
 

@@ -25,7 +25,7 @@ from tokens.services import (
     token_generate,
     token_reactivate,
     token_revoke,
-    token_set_max_requests,
+    token_set_limits,
 )
 
 from . import inputs, selectors
@@ -227,7 +227,7 @@ class TokenDetailView(ApiView):
         data = inputs.TOKEN_UPDATE.parse(_body(request))
         with transaction.atomic():
             if "max_requests" in data:
-                token = token_set_max_requests(token=token, max_requests=data["max_requests"], actor=caller.actor)
+                token = token_set_limits(token=token, max_requests=data["max_requests"], actor=caller.actor)
             if data.get("is_active") is True:
                 token = token_reactivate(token=token, actor=caller.actor)
             elif data.get("is_active") is False:

@@ -20,11 +20,12 @@ from llmproxy.admin_toolkit import DetailPageMixin, NeverDeletedMixin, add_servi
 from llmproxy.audit import Actor
 from llmproxy.audit.history import AuditHistoryMixin
 from llmproxy.errors import ServiceError
+from projects.limits import usd
 
-from ..forms import TokenGenerateForm, TokenLimitForm
+from ..forms import LIMITS, TokenGenerateForm, TokenLimitsForm
 from ..models import Token, TokenStatus
 from ..selectors import BLOCKED_STATUS, token_search_filter, tokens_for_list, tokens_with_display_status
-from ..services import token_generate, token_revoke, token_set_max_requests, tokens_revoke
+from ..services import token_generate, token_revoke, token_set_limits, tokens_revoke
 
 # Badge classes come from templates/admin/base_site.html, shared with the project screens.
 BADGE_CLASSES = {
@@ -78,6 +79,7 @@ CSV_COLUMNS = [
     "expires_at",
     "request_count",
     "max_requests",
+    "spent_usd",
     "last_used_at",
     "revoked_at",
 ]
@@ -93,12 +95,13 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
         "created",
         "expires",
         "requests",
+        "spend",
         "last_used",
         "row_actions",
     )
     list_display_links = ("short_id",)
     list_filter = ("project", TokenStatusFilter)
-    sortable_by = ("created", "expires", "requests")
+    sortable_by = ("created", "expires", "requests", "spend")
     # The box is shown because search_fields is set; what it matches is decided by token_search_filter.
     search_fields = ("id",)
     search_help_text = "Search by ID (whole or first characters), display prefix (sk-wt-…), a whole token, or label."
@@ -153,13 +156,17 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
     def requests(self, obj: Token) -> str:
         return requests_display(obj)
 
+    @admin.display(description="Spend", ordering="spent_usd")
+    def spend(self, obj: Token) -> str:
+        return usd(obj.spent_usd) if obj.budget_usd is None else f"{usd(obj.spent_usd)} / {usd(obj.budget_usd)}"
+
     @admin.display(description="Last used", empty_value="Never")
     def last_used(self, obj: Token) -> datetime | None:
         return obj.last_used_at
 
     @admin.display(description="Actions")
     def row_actions(self, obj: Token) -> SafeString:
-        links = [format_html('<a href="{}">Limit</a>', reverse("admin:tokens_token_limit", args=[obj.pk]))]
+        links = [format_html('<a href="{}">Limits</a>', reverse("admin:tokens_token_limit", args=[obj.pk]))]
         if obj.revoked_at is None:
             links.append(format_html('<a href="{}">Revoke</a>', reverse("admin:tokens_token_revoke", args=[obj.pk])))
         return format_html(" · ".join(["{}"] * len(links)), *links)
@@ -179,6 +186,7 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
                 token.expires_at,
                 token.request_count,
                 token.max_requests,
+                token.spent_usd,
                 token.last_used_at,
                 token.revoked_at,
             ]
@@ -228,9 +236,9 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
                     issued = token_generate(
                         project=form.cleaned_data["project"],
                         duration=timedelta(hours=form.cleaned_data["duration_hours"]),
-                        max_requests=form.cleaned_data["max_requests"],
                         label=form.cleaned_data["label"],
                         actor=Actor.from_request(request),
+                        **form.limits(),
                     )
                 except ServiceError as error:
                     add_service_error(form, error, {"duration": "duration_hours"})
@@ -274,21 +282,20 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
         return TemplateResponse(request, "admin/tokens/token/revoke_confirmation.html", context)
 
     def limit_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The token's own limits: request limit, per-minute limits and budget."""
         token = self.get_object_or_404(request, object_id, change=True)
         if request.method == "POST":
-            form = TokenLimitForm(request.POST)
+            form = TokenLimitsForm(request.POST)
             if form.is_valid():
                 try:
-                    token = token_set_max_requests(
-                        token=token, max_requests=form.cleaned_data["max_requests"], actor=Actor.from_request(request)
-                    )
+                    token = token_set_limits(token=token, actor=Actor.from_request(request), **form.limits())
                 except ServiceError as error:
                     add_service_error(form, error)
                 else:
                     limit = "removed (unlimited)" if token.max_requests is None else f"set to {token.max_requests}"
-                    self.message_user(request, f"Request limit of {token} {limit}.", messages.SUCCESS)
+                    self.message_user(request, f"Limits of {token} saved; request limit {limit}.", messages.SUCCESS)
                     return HttpResponseRedirect(self._detail_url(token))
         else:
-            form = TokenLimitForm(initial={"max_requests": token.max_requests})
-        context = self.page_context(request, f"Change request limit of {token.prefix}…", token=token, form=form)
+            form = TokenLimitsForm(initial={name: getattr(token, name) for name in LIMITS})
+        context = self.page_context(request, f"Change limits of {token.prefix}…", token=token, form=form)
         return TemplateResponse(request, "admin/tokens/token/limit.html", context)

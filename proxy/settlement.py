@@ -1,0 +1,123 @@
+"""Settling a request: what it used is charged to its token and project, and a request the upstream failed gives
+back what admission counted.
+
+- **Charge**: the request's cost (USD) is added to the token's spend and to its project's spend of the current budget
+  period (a new period starts from this cost), and its tokens to their current minute. For a request a token or
+  project limit depends on (a dollar budget, a per-minute token limit), the relay charges before the response's last
+  bytes reach the client, so a client that sends its next request after the previous answer sees it refused as soon
+  as the limit is reached, never one request later. Other requests are charged by the usage writer with their
+  record, in its transaction, once (the record's key makes a retried write charge nothing twice).
+- **Give back**: when the upstream answers 5xx, cannot be reached or times out, the request's count against the
+  token's request limit and the per-minute request limits is given back (in the minute it was counted in), so an
+  upstream's failure does not use up quota (the SDKs retry those). Also before the answer goes out.
+
+Each is one statement on PostgreSQL (on the event loop's own connections) and one transaction on SQLite.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+from uuid import UUID
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from projects.limits import minute_key, period_keys
+from projects.models import Project
+from tokens.models import Token
+
+from . import db
+
+
+@dataclass(frozen=True)
+class Charge:
+    token_id: UUID
+    project_id: UUID
+    cost_usd: Decimal
+    tokens: int
+
+
+_PERIOD = "CASE budget_period WHEN 'day' THEN %(day)s WHEN 'week' THEN %(week)s WHEN 'month' THEN %(month)s ELSE 0 END"
+# Tokens join their minute's count: the stored minute's when it is the same, else a new minute's (a charge for an
+# older minute than the stored one, from a record written late, is too late to count).
+_TOKENS = (
+    "tpm_count = CASE WHEN tpm_minute = %(minute)s THEN tpm_count + %(tokens)s "
+    "WHEN tpm_minute < %(minute)s THEN %(tokens)s ELSE tpm_count END, "
+    "tpm_minute = CASE WHEN tpm_minute < %(minute)s THEN %(minute)s ELSE tpm_minute END"
+)
+_GIVE_BACK = "rpm_count = CASE WHEN rpm_minute = %(minute)s AND rpm_count > 0 THEN rpm_count - 1 ELSE rpm_count END"
+
+
+@cache
+def _charge_sql() -> tuple[str, str]:
+    token, project = Token._meta.db_table, Project._meta.db_table
+    return (
+        f"UPDATE {token} SET spent_usd = spent_usd + %(cost)s, {_TOKENS} WHERE id = %(token)s",
+        f"UPDATE {project} SET spent_usd = CASE WHEN spend_period = {_PERIOD} THEN spent_usd + %(cost)s "
+        f"ELSE %(cost)s END, spend_period = {_PERIOD}, {_TOKENS} WHERE id = %(project)s",
+    )
+
+
+@cache
+def _give_back_sql() -> tuple[str, str]:
+    token, project = Token._meta.db_table, Project._meta.db_table
+    return (
+        f"UPDATE {token} SET request_count = CASE WHEN request_count > 0 THEN request_count - 1 ELSE 0 END, "
+        f"{_GIVE_BACK} WHERE id = %(token)s",
+        f"UPDATE {project} SET {_GIVE_BACK} WHERE id = %(project)s",
+    )
+
+
+@cache
+def _postgresql(statements: tuple[str, str]) -> str:
+    """Two updates as one statement (two independent rows, nothing to re-check)."""
+    first, second = statements
+    return f"WITH a AS ({first} RETURNING 1), b AS ({second} RETURNING 1) SELECT (SELECT count(*) FROM a)"
+
+
+def _charge_params(charge: Charge, now: datetime) -> dict:
+    return {
+        "token": charge.token_id,
+        "project": charge.project_id,
+        "cost": charge.cost_usd,
+        "tokens": charge.tokens,
+        "minute": minute_key(now),
+        **period_keys(now),
+    }
+
+
+def charge(charges: list[Charge], now: datetime | None = None) -> None:
+    """Charge on this thread's connection, in the caller's transaction if there is one (the usage writer's)."""
+    now = now or timezone.now()
+    token_sql, project_sql = _charge_sql()
+    with transaction.atomic(), connection.cursor() as cursor:
+        for item in charges:
+            params = _charge_params(item, now)
+            cursor.execute(token_sql, params)
+            cursor.execute(project_sql, params)
+
+
+def give_back(token_id: UUID, project_id: UUID, minute: int) -> None:
+    token_sql, project_sql = _give_back_sql()
+    params = {"token": token_id, "project": project_id, "minute": minute}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(token_sql, params)
+        cursor.execute(project_sql, params)
+
+
+async def charge_async(item: Charge) -> None:
+    """From the event loop: one statement on its own connection on PostgreSQL, the database thread on SQLite."""
+    if not db.is_postgresql():
+        await db.run(charge, [item])
+        return
+    params = _charge_params(item, timezone.now())
+    await db.on_loop_connection(lambda conn: conn.execute(_postgresql(_charge_sql()), params))
+
+
+async def give_back_async(token_id: UUID, project_id: UUID, minute: int) -> None:
+    if not db.is_postgresql():
+        await db.run(give_back, token_id, project_id, minute)
+        return
+    params = {"token": token_id, "project": project_id, "minute": minute}
+    await db.on_loop_connection(lambda conn: conn.execute(_postgresql(_give_back_sql()), params))
