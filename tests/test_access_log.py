@@ -182,10 +182,15 @@ def test_a_key_sent_as_the_model_or_in_the_path_is_cut_to_its_display_prefix(cap
     assert logged.fields["model"] == VALID_KEY[:12] + "…"
 
 
-def test_only_djangos_warnings_about_proxied_requests_are_dropped(rf):
+def test_only_djangos_lines_about_proxied_answers_are_dropped(rf):
     keep = ProxiedRequestWarnings().filter
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = sys.exc_info()
 
     assert not keep(log_record(levelno=logging.WARNING, request=rf.get("/v1/models")))
-    assert keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models")))
+    assert not keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models")))
+    assert keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models"), exc_info=failure))
     assert keep(log_record(levelno=logging.WARNING, request=rf.get("/admin/login/")))
     assert keep(log_record(levelno=logging.WARNING))
