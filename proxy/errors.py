@@ -130,6 +130,12 @@ def upstream_key_unusable() -> Refusal:
     )
 
 
+def internal_error() -> Refusal:
+    """An unexpected failure of the proxy itself: nothing about it goes to the client (the log has the traceback).
+    Not retried: it may well fail the same way again, and the upstream may already have been asked."""
+    return Refusal(500, "internal_error", "The proxy failed to handle this request.", "server_error")
+
+
 def _size(n: int) -> str:
     for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= factor and n % factor == 0:

@@ -49,6 +49,11 @@ async def forward(request: HttpRequest, path: str) -> HttpResponse:
     except asyncio.CancelledError:
         exchange.record(status=499, duration_ms=exchange.elapsed_ms(), client_aborted=True)
         raise
+    except Exception:
+        # The last guard: a failure of the proxy itself is still an answer in OpenAI's envelope, recorded like a
+        # refusal. Its traceback is logged here, once (Django's own line about the 500 is dropped: access_log).
+        logger.exception("unexpected error on request %s", exchange.request_id)
+        return exchange.refuse(errors.internal_error())
 
 
 def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpResponse:

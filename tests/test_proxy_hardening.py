@@ -4,8 +4,12 @@ decoded, failures of its own; and what its log and its streams show then."""
 import time
 import uuid
 
+import httpx
 import openai
 import pytest
+from django.db import connection
+
+from tests.live import TEST_SERVER_ENV, database_url, start_server, wait_for_usage
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -44,3 +48,91 @@ def test_an_upstream_5xx_passed_on_is_logged_by_the_access_line_alone(
     logged = log_after(proxy_server, offset, request_id)
     assert f"proxy.access POST /v1/chat/completions {status} request_id={request_id}" in logged
     assert "django.request" not in logged, "Django's own error line repeats the access line"
+
+
+# --- bodies the proxy cannot read, or cannot re-encode --------------------------------------------------------------
+def post_raw(server, token: str, body: bytes) -> httpx.Response:
+    """A chat completion with a body the SDK would not write (it cannot encode a lone surrogate, for one)."""
+    return httpx.post(
+        f"{server.base_url}/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000, b'{"model":"gpt-4o","messages":' + b"[" * 100_000], ids=["array", "in-an-object"]
+)
+def test_a_body_nested_deeper_than_the_parser_goes_is_forwarded_as_it_came(proxy_server, upstream, issued, body):
+    response = post_raw(proxy_server, issued.plaintext, body)
+
+    assert response.status_code == 400, response.text[:200]
+    assert response.json()["error"]["message"].startswith("We could not parse the JSON body")
+    assert upstream.last("/chat/completions").body == body
+    (record,) = wait_for_usage(1)
+    assert (record.status, record.refusal_code, record.model) == (400, "", "")
+
+
+def test_a_lone_surrogate_in_a_streamed_request_goes_on_as_written_and_the_stream_is_metered(
+    proxy_server, upstream, issued
+):
+    body = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"\\ud800 caf\xc3\xa9"}]}'
+    response = post_raw(proxy_server, issued.plaintext, body)
+
+    assert response.status_code == 200, response.text[:200]
+    assert response.text.endswith("data: [DONE]\n\n") and '"completion_tokens"' not in response.text
+    sent = upstream.last("/chat/completions")
+    assert b'"content":"\\ud800 caf\xc3\xa9"' in sent.body
+    assert sent.json()["stream_options"] == {"include_usage": True}
+    (record,) = wait_for_usage(1)
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == (200, 11, 3)
+
+
+def test_a_model_name_that_is_not_valid_text_is_recorded_cleaned(proxy_server, upstream, issued):
+    response = post_raw(proxy_server, issued.plaintext, b'{"model":"gpt-4o\\ud800\\u0000","messages":[]}')
+
+    assert response.status_code == 200
+    (record,) = wait_for_usage(1)
+    assert record.model == "gpt-4o\ufffd\ufffd" and record.completion_tokens == 7
+
+
+# --- the last guard -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def misconfigured_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A server whose UPSTREAM_BASE_URL has its port typed twice: building the upstream request fails every time."""
+    server = start_server(
+        database=database_url(connection.settings_dict),
+        upstream_url="http://127.0.0.1:8080:8080/v1",
+        log=tmp_path_factory.mktemp("misconfigured") / "server.log",
+        env=TEST_SERVER_ENV,
+        workers=1,
+    )
+    yield server
+    server.stop()
+
+
+def test_an_unexpected_failure_is_a_500_in_openais_envelope_logged_once_and_recorded(misconfigured_server, issued):
+    client = openai.OpenAI(base_url=misconfigured_server.base_url, api_key=issued.plaintext, timeout=10)
+    request_id = uuid.uuid4().hex
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(**CHAT, extra_headers={"X-Request-ID": request_id})
+
+    error = raised.value
+    assert (error.status_code, error.code, error.type) == (500, "internal_error", "server_error")
+    assert error.body["message"] == "The proxy failed to handle this request."
+    assert error.response.headers["x-should-retry"] == "false"
+    wait_for_usage(1)
+    time.sleep(0.3)  # an SDK retry (it makes two by default) would have come by now
+    (record,) = wait_for_usage(1)
+    assert (record.status, record.refusal_code, record.request_id, record.token_id) == (
+        500,
+        "internal_error",
+        request_id,
+        issued.token.pk,
+    )
+    logged = log_after(misconfigured_server, 0, request_id)
+    assert logged.count(" ERROR ") == 1, "logged once"
+    assert f"ERROR proxy.views unexpected error on request {request_id}\nTraceback" in logged
+    assert "httpx.InvalidURL" in logged
+    assert issued.plaintext not in logged
