@@ -93,6 +93,14 @@ def endpoint_not_allowed(method: str, path: str) -> Refusal:
     return Refusal(404, "endpoint_not_allowed", f"This proxy does not serve {method} {path}.")
 
 
+def invalid_path() -> Refusal:
+    return Refusal(
+        400,
+        "invalid_path",
+        "The path has an encoded slash or backslash, a backslash or a dot segment. Send the plain path.",
+    )
+
+
 def method_not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> Refusal:
     return Refusal(
         405, "method_not_allowed", f"Method {method} is not allowed for {path} (allowed: {', '.join(allowed)})."

@@ -1,8 +1,8 @@
 """`/v1/<path>`: check the endpoint, admit the token, forward to the upstream, pass the response on as it comes.
 
-The order is cheapest first: the allow-list and the token's shape need no database; admission is one statement
-(plus one more only to explain a refusal); the database is not touched again until the usage record, which a
-background thread writes after the last byte.
+The order is cheapest first: the path, the allow-list and the token's shape need no database; admission is one
+statement (plus one more only to explain a refusal); the database is not touched again until the usage record, which
+a background thread writes after the last byte.
 """
 
 import asyncio
@@ -76,6 +76,9 @@ async def _forward(
     request: HttpRequest, scope: dict, exchange: Exchange, api_path: str, read: dict[bytes, str]
 ) -> HttpResponse:
     method = exchange.method
+    raw_path = scope.get("raw_path") or escape_uri_path(scope["path"]).encode()  # raw_path is optional in ASGI
+    if not endpoints.plain_path(raw_path, scope["path"]):
+        return exchange.refuse(errors.invalid_path())
     check = endpoints.check(method, api_path)
     if not check.allowed:
         if check.known_path:
@@ -108,7 +111,6 @@ async def _forward(
 
     sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path)
     exchange.model = sent.model
-    raw_path = scope.get("raw_path") or escape_uri_path(scope["path"]).encode()  # raw_path is optional in ASGI
     forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
     upstream_request = upstream.build_request(
         method,

@@ -1,6 +1,7 @@
 """The proxy against what it was not built for: bodies it cannot read, paths that say one thing raw and another
 decoded, failures of its own; and what its log and its streams show then."""
 
+import json
 import time
 import uuid
 
@@ -10,6 +11,7 @@ import pytest
 from django.db import connection
 
 from tests.live import TEST_SERVER_ENV, database_url, start_server, wait_for_usage
+from tests.raw_http import raw_request
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -136,3 +138,41 @@ def test_an_unexpected_failure_is_a_500_in_openais_envelope_logged_once_and_reco
     assert f"ERROR proxy.views unexpected error on request {request_id}\nTraceback" in logged
     assert "httpx.InvalidURL" in logged
     assert issued.plaintext not in logged
+
+
+# --- paths that say one thing raw and another decoded ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/files/..%5c..%5cfine_tuning%5cjobs",  # checked as GET /files/*
+        "/v1/files/..\\..\\fine_tuning\\jobs",  # the same with plain backslashes
+        "/v1/files/file-abc%2fcontent",  # checked as GET /files/*/content, one segment upstream
+        "/v1/files/file-abc%2Fcontent",
+        "/v1/models/%2E%2E",
+        "/v1/models/%2e%2e/files",
+        "/v1/models/%2E/gpt-4o",
+        "/v1/models/../files",
+        "/v1/models/./gpt-4o",
+    ],
+)
+def test_a_path_whose_raw_segments_differ_from_the_decoded_ones_is_refused_before_anything_leaves(
+    proxy_server, upstream, issued, target
+):
+    response = raw_request(proxy_server.url, target, headers={"Authorization": f"Bearer {issued.plaintext}"})
+
+    assert response.status == 400, response.body[:200]
+    assert json.loads(response.body)["error"]["code"] == "invalid_path"
+    assert response.headers["x-should-retry"] == "false"
+    assert upstream.requests == []
+    (record,) = wait_for_usage(1)
+    assert (record.status, record.refusal_code, record.token_id) == (400, "invalid_path", None)
+
+
+def test_a_percent_encoded_path_with_the_same_segments_is_forwarded_as_sent(proxy_server, upstream, issued):
+    response = raw_request(
+        proxy_server.url, "/v1/models/gpt%2D4o%2Bx", headers={"Authorization": f"Bearer {issued.plaintext}"}
+    )
+
+    assert response.status == 200
+    assert json.loads(response.body)["id"] == "gpt%2D4o%2Bx"
+    assert upstream.last().path == "/v1/models/gpt%2D4o%2Bx"
