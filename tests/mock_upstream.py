@@ -318,8 +318,8 @@ def _chunk(model: str, choices: list, include_usage: bool, usage: dict | None = 
         "choices": choices,
     }
     if include_usage:
-        document["usage"] = usage
-    return b"data: " + json.dumps(document).encode() + b"\n\n"
+        document["usage"] = usage  # as OpenAI does: null in every chunk but the last, once usage is asked for
+    return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"  # OpenAI's compact form
 
 
 def _embeddings(payload: dict) -> dict:

@@ -10,6 +10,7 @@ import openai
 import pytest
 from django.db import connection
 
+from tests.conftest import VALID_KEY
 from tests.live import TEST_SERVER_ENV, database_url, start_server, wait_for_usage
 from tests.raw_http import raw_request
 
@@ -176,3 +177,20 @@ def test_a_percent_encoded_path_with_the_same_segments_is_forwarded_as_sent(prox
     assert response.status == 200
     assert json.loads(response.body)["id"] == "gpt%2D4o%2Bx"
     assert upstream.last().path == "/v1/models/gpt%2D4o%2Bx"
+
+
+# --- streams: what the proxy asked for on the client's behalf does not show ------------------------------------------
+def test_a_stream_reads_as_it_would_have_without_the_usage_the_proxy_asked_for(proxy_server, upstream, issued):
+    chat = {**CHAT, "stream": True}
+    direct = httpx.post(
+        f"{upstream.base_url}/chat/completions", json=chat, headers={"Authorization": f"Bearer {VALID_KEY}"}
+    )
+    proxied = httpx.post(
+        f"{proxy_server.base_url}/chat/completions", json=chat, headers={"Authorization": f"Bearer {issued.plaintext}"}
+    )
+
+    assert upstream.last().json()["stream_options"] == {"include_usage": True}
+    assert proxied.status_code == 200 and proxied.content.count(b"data: ") == 5
+    assert proxied.content == direct.content, "the chunks differ from what the upstream sends when not asked for usage"
+    (record,) = wait_for_usage(1)
+    assert (record.prompt_tokens, record.completion_tokens) == (11, 3)
