@@ -1,12 +1,23 @@
 """The server around the proxy: its static files, its production settings, its reloads."""
 
 import asyncio
+import os
+import secrets
+import subprocess
+import sys
 
+import httpx
 import pytest
 from asgiref.testing import ApplicationCommunicator
+from cryptography.fernet import Fernet
+from django.db import connection
 
 from llmproxy.static import CollectedStaticFilesHandler
+from tests.live import BASE_DIR, TEST_SERVER_ENV, database_url, start_server
 from tests.raw_http import raw_request
+
+# The servers run on the test database, which pytest-django creates only for a run with a test that uses it.
+pytestmark = pytest.mark.django_db
 
 # Paths out of the static files, as sent (uvicorn decodes %2e and %2f before Django sees them).
 TRAVERSALS = [
@@ -57,3 +68,67 @@ def test_a_path_out_of_the_collected_static_files_is_not_found(settings, tmp_pat
     assert asyncio.run(get_status(handler, "/static/site.css")) == 200
     for path in ("/static/../secret.txt", "/static/../../etc/passwd", "/static/admin/../../secret.txt"):
         assert asyncio.run(get_status(handler, path)) == 404, path
+
+
+# --- production settings --------------------------------------------------------------------------------------------
+# The README's production configuration: behind a TLS proxy, HTTPS only.
+BEHIND_TLS = {
+    "BEHIND_TLS_PROXY": "true",
+    "SECURE_COOKIES": "true",
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "SECURE_HSTS_PRELOAD": "true",
+    "ALLOWED_HOSTS": "proxy.example.com",
+    "CSRF_TRUSTED_ORIGINS": "https://proxy.example.com",
+}
+
+
+def test_the_production_configuration_passes_djangos_deployment_checks():
+    environment = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "ENCRYPTION_KEYS")}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=BASE_DIR,
+        env={
+            **environment,
+            "ENV_FILE": "/dev/null",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            **BEHIND_TLS,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def tls_server(django_db_setup, django_db_blocker, mock_upstream, tmp_path_factory):
+    server = start_server(
+        database=database_url(connection.settings_dict),
+        upstream_url=mock_upstream.base_url,
+        log=tmp_path_factory.mktemp("tls-server") / "server.log",
+        env={**TEST_SERVER_ENV, **BEHIND_TLS},
+        workers=1,
+    )
+    yield server
+    server.stop()
+
+
+def test_behind_tls_plain_http_is_redirected_but_for_the_health_checks(tls_server):
+    plain = {"Host": "proxy.example.com"}
+    through_tls = {**plain, "X-Forwarded-Proto": "https"}
+
+    assert httpx.get(f"{tls_server.url}/healthz", headers=plain).status_code == 200
+    assert httpx.get(f"{tls_server.url}/readyz", headers=plain).status_code == 200
+    redirected = httpx.get(f"{tls_server.url}/admin/login/", headers=plain)
+    assert redirected.status_code == 301
+    assert redirected.headers["location"] == "https://proxy.example.com/admin/login/"
+
+    page = httpx.get(f"{tls_server.url}/admin/login/", headers=through_tls)
+    assert page.status_code == 200
+    assert page.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains; preload"
+    assert "; secure" in page.headers["set-cookie"].lower(), "the CSRF cookie is marked Secure"
