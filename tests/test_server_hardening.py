@@ -3,17 +3,20 @@
 import asyncio
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from cryptography.fernet import Fernet
 from django.db import connection
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmproxy.static import CollectedStaticFilesHandler
-from tests.live import BASE_DIR, TEST_SERVER_ENV, database_url, start_server
+from tests.live import BASE_DIR, TEST_SERVER_ENV, database_url, start_server, wait_for_usage
 from tests.raw_http import raw_request
 
 # The servers run on the test database, which pytest-django creates only for a run with a test that uses it.
@@ -132,3 +135,42 @@ def test_behind_tls_plain_http_is_redirected_but_for_the_health_checks(tls_serve
     assert page.status_code == 200
     assert page.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains; preload"
     assert "; secure" in page.headers["set-cookie"].lower(), "the CSRF cookie is marked Secure"
+
+
+# --- reloads --------------------------------------------------------------------------------------------------------
+def missing_token_refusals(server) -> float:
+    response = httpx.get(f"{server.url}/metrics", timeout=5)
+    assert response.status_code == 200
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "llmproxy_refusals_total" and sample.labels == {"code": "missing_token"}
+    )
+
+
+@pytest.mark.usefixtures("live_db")
+def test_the_metrics_directory_outlives_reloads_and_goes_at_exit(mock_upstream, tmp_path):
+    server = start_server(
+        database=database_url(connection.settings_dict),
+        upstream_url=mock_upstream.base_url,
+        log=tmp_path / "server.log",
+        env={**TEST_SERVER_ENV, "TMPDIR": str(tmp_path), "PROMETHEUS_MULTIPROC_DIR": ""},
+    )
+    try:
+        (directory,) = tmp_path.glob("llmproxy-metrics-*")
+        assert httpx.post(f"{server.base_url}/chat/completions", json={}).status_code == 401
+        wait_for_usage(1)
+        for _ in range(2):
+            workers = set(server.pids()[1:])
+            server.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while (now := set(server.pids()[1:])) & workers or len(now) < 2:
+                assert time.monotonic() < deadline, f"the workers did not restart: {workers} → {now}"
+                time.sleep(0.1)
+            assert missing_token_refusals(server) == 1, "the counts from before the reload are kept"
+        assert list(tmp_path.glob("llmproxy-metrics-*")) == [directory]
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, server.log_tail()
+    assert not directory.exists(), "the metrics directory is left behind"
