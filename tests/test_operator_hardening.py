@@ -1,0 +1,50 @@
+"""What operators and programs get from the admin and the management API when something odd is put in or asked."""
+
+import json
+import re
+import uuid
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern
+
+from llmproxy.manage_api import urls as manage_urls
+
+pytestmark = pytest.mark.django_db
+
+UNSAFE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
+
+
+# --- the management API: JSON whatever the method, never Django's CSRF page ----------------------------------------
+def api_paths() -> list[str]:
+    """A path for each route of the API (its parameters filled in), and for none."""
+
+    def example(pattern: URLPattern) -> str:
+        route = str(pattern.pattern)
+        return "/manage/" + (
+            re.sub(r"<[^>]+>", str(uuid.UUID(int=1)), route) if not route.startswith("^") else "nothing"
+        )
+
+    return [example(pattern) for pattern in manage_urls.urlpatterns]
+
+
+@pytest.mark.parametrize("method", ["GET", "OPTIONS", *UNSAFE_METHODS])
+@pytest.mark.parametrize("path", ["/manage/nothing", "/manage/", "/manage/projects/x/y/z"])
+def test_an_unknown_management_path_is_a_json_404_whatever_the_method(method, path):
+    response = Client(enforce_csrf_checks=True).generic(method, path, data="{}", content_type="application/json")
+
+    assert response.status_code == 404, response.content[:200]
+    assert response["Content-Type"] == "application/json"
+    assert json.loads(response.content) == {"error": "not found", "code": "not_found"}
+
+
+@pytest.mark.parametrize("method", UNSAFE_METHODS)
+@pytest.mark.parametrize("path", api_paths())
+def test_no_management_route_asks_for_a_csrf_token(settings, method, path):
+    settings.MANAGEMENT_TOKEN = "test-management-token-0123456789"
+    response = Client(enforce_csrf_checks=True).generic(
+        method, path, data="{}", content_type="application/json", HTTP_AUTHORIZATION="Bearer wrong"
+    )
+
+    assert response["Content-Type"] == "application/json", f"{response.status_code}: {response.content[:200]}"
+    assert response.status_code != 403
