@@ -5,10 +5,15 @@ import re
 import uuid
 
 import pytest
+from auditlog.models import LogEntry
+from auditlog.registry import auditlog
 from django.test import Client
 from django.urls import URLPattern
 
 from llmproxy.manage_api import urls as manage_urls
+from projects.models import Project
+from tokens.minting import minting_key_create
+from tokens.models import MintingKey, Token
 
 pytestmark = pytest.mark.django_db
 
@@ -48,3 +53,19 @@ def test_no_management_route_asks_for_a_csrf_token(settings, method, path):
 
     assert response["Content-Type"] == "application/json", f"{response.status_code}: {response.content[:200]}"
     assert response.status_code != 403
+
+
+# --- the audit trail: what an operator changed, never what points at the object -------------------------------------
+def test_no_audit_entry_lists_a_reverse_relation(make_project, make_token, operator):
+    project = make_project(name="Audited")
+    created = {
+        Project: project,
+        Token: make_token(project, label="ci").token,
+        MintingKey: minting_key_create(project=project, name="web backend", actor=operator).key,
+    }
+    assert set(auditlog.get_models()) == set(created), "a newly audited model: add it here"
+
+    for model, obj in created.items():
+        reverse = {field.name for field in model._meta.get_fields() if field.auto_created and not field.concrete}
+        (entry,) = LogEntry.objects.get_for_object(obj).filter(action=LogEntry.Action.CREATE)
+        assert entry.changes and not set(entry.changes) & reverse, f"{model.__name__}: {sorted(entry.changes)}"
