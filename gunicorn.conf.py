@@ -59,7 +59,9 @@ if os.environ.get("LOG_FORMAT", "plain").lower() == "json":
 
 # --- Prometheus metrics from every worker (proxy.metrics): each worker writes its values to files in
 # PROMETHEUS_MULTIPROC_DIR and /metrics adds them up. The directory must start empty (old files would add old counts).
-_created_metrics_dir: list[str] = []
+# A reload (SIGHUP) runs this file again, but not on_starting: the directory made at start is remembered in the
+# master's environment, which outlives the reload (a module-level variable would not), so on_exit still removes it.
+_CREATED_METRICS_DIR = "LLMPROXY_CREATED_METRICS_DIR"
 
 
 def on_starting(server) -> None:
@@ -71,8 +73,8 @@ def on_starting(server) -> None:
             stale.unlink()
     else:
         directory = tempfile.mkdtemp(prefix="llmproxy-metrics-")
-        _created_metrics_dir.append(directory)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # inherited by the workers
+        os.environ[_CREATED_METRICS_DIR] = directory
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # inherited by the workers, also those after a reload
     # Imported here (after the directory is set), not in child_exit: that runs in a signal handler, and a second
     # worker exiting during the first one's import would find the module half imported.
     from prometheus_client import multiprocess  # noqa: F401
@@ -86,5 +88,5 @@ def child_exit(server, worker) -> None:
 
 
 def on_exit(server) -> None:
-    for directory in _created_metrics_dir:
+    if directory := os.environ.pop(_CREATED_METRICS_DIR, ""):
         shutil.rmtree(directory, ignore_errors=True)

@@ -4,7 +4,8 @@ records that are never deleted, a paginator that never counts, typed-in filters,
 It imports no app of the project, so every app's admin can use it.
 """
 
-import csv
+import re
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
 from functools import wraps
@@ -193,24 +194,45 @@ class InputFilter(admin.ListFilter):
 # --- CSV exports --------------------------------------------------------------------------------------------------
 
 
+# What makes a spreadsheet read a cell as a formula when it starts with it (OWASP's list, tab and CR included).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# What a spreadsheet may take as the separator instead of the comma: `;` in many locales, or a tab.
+_OTHER_SEPARATOR = re.compile(r"(?<=[;\t])[^;\t]+")
+# Cells quoted: those csv.writer quotes (separator, quote, line break), and those holding another separator, for a
+# spreadsheet that reads several (a quote only counts at the start of a cell).
+_QUOTED_CELL = re.compile(r'[,;"\t\r\n]')
+
+
+def _neutralised(text: str) -> str:
+    """With a leading `'` (spreadsheets read it as "this is text") when a spreadsheet would see a formula: judged
+    with compatibility characters folded (NFKC: a fullwidth ＝ is an =) and leading spaces skipped, as they are."""
+    return "'" + text if unicodedata.normalize("NFKC", text).lstrip(" ")[:1] in _FORMULA_START else text
+
+
 def csv_safe(value: object) -> str:
-    """A cell a spreadsheet will not run as a formula (labels, paths and models are typed by people)."""
+    """A cell a spreadsheet will not run as a formula (labels, paths and models are typed by people).
+
+    To a spreadsheet that splits lines at `;` or tabs, what follows one inside a cell starts a cell of its own
+    (`x;=1+1` holds the cell `=1+1`; quoting does not help, it only counts at the start of a cell), so that part is
+    neutralised too (`x;'=1+1`).
+    """
     text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    if ";" in text or "\t" in text:
+        text = _OTHER_SEPARATOR.sub(lambda part: _neutralised(part.group()), text)
+    return _neutralised(text)
 
 
-class _Echo:
-    """What csv.writer writes to: hands each line back instead of buffering it."""
-
-    def write(self, line: str) -> str:
-        return line
+def _csv_line(cells: Iterable[str]) -> str:
+    """One line of CSV (RFC 4180), written here rather than by csv.writer, which cannot be told to quote more."""
+    return (
+        ",".join('"' + cell.replace('"', '""') + '"' if _QUOTED_CELL.search(cell) else cell for cell in cells) + "\r\n"
+    )
 
 
 def _csv_text(header: list[str], chunks: Iterable[Iterable[Iterable[object]]]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(header)
+    yield _csv_line(header)
     for rows in chunks:
-        yield "".join(writer.writerow([csv_safe(value) for value in row]) for row in rows)
+        yield "".join(_csv_line([csv_safe(value) for value in row]) for row in rows)
 
 
 async def _async_chunks(chunks: Iterator[str]) -> AsyncIterator[str]:

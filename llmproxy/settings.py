@@ -151,6 +151,14 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
 if env.bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Served over HTTPS only (the README's production configuration): plain-HTTP requests are redirected, but for the
+# health checks, which a load balancer probes over plain HTTP; HSTS tells browsers to come back over HTTPS only.
+# The proxy's /v1/ has no redirect (a redirected POST would lose its body): close plain HTTP in the TLS proxy.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 
 # --- Audit -----------------------------------------------------------------------------------------------------
 # The remote address is set by our own services from REMOTE_ADDR; never trust a client's X-Forwarded-For.

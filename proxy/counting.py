@@ -2,9 +2,13 @@
 a server-sent-event stream (which the proxy may also remove, when it asked for it and the client did not)."""
 
 import json
+import re
 from dataclasses import dataclass
 
 _USAGE_KEY = b'"usage"'
+# The member OpenAI adds to every chunk once usage is asked for. Only JSON's structure can hold it unescaped (in a
+# string its quotes would be `\"`), and OpenAI writes it after the chunk's content, so the last one is the chunk's own.
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])')
 _decoder = json.JSONDecoder()
 
 
@@ -81,22 +85,29 @@ def _split_events(block: bytes) -> list[bytes]:
     return events
 
 
-def _event_usage(event: bytes) -> TokenCounts | None:
+def _event_document(event: bytes) -> object:
+    """The JSON document of an event's data, or None."""
     data = b"".join(
         line[5:].lstrip(b" ") for line in event.replace(b"\r\n", b"\n").split(b"\n") if line.startswith(b"data:")
     )
     if not data or data == b"[DONE]":
         return None
     try:
-        return _usage_in(json.loads(data))
+        return json.loads(data)
     except ValueError:
         return None
+
+
+def _without_null_usage(event: bytes) -> bytes:
+    found = list(_NULL_USAGE.finditer(event))
+    return event[: found[-1].start()] + event[found[-1].end() :] if found else event
 
 
 class StreamUsage:
     """Finds the usage event of a server-sent-event stream as it passes, across any chunk boundaries.
 
-    With `strip`, the usage event is also removed from what the client receives (it did not ask for it). Complete
+    With `strip`, the client did not ask for usage: what asking added is taken out of what it receives, the usage
+    event and the `"usage":null` member of every other chunk, so it gets the bytes it would have had. Complete
     events are passed on as soon as their end arrives; only an incomplete event is held, and a client cannot use
     half an event anyway. Without `strip`, every chunk passes on at once, untouched.
     """
@@ -129,19 +140,20 @@ class StreamUsage:
         rest = bytes(self._pending)
         self._pending.clear()
         if rest and not self._gave_up and _USAGE_KEY in rest:
-            counts = _event_usage(rest)
-            if counts is not None:
-                self.counts = counts
-                return b"" if self.strip else rest
+            rest = self._pass(rest)
         return rest if self.strip else b""
 
     def _scan(self, complete: bytes) -> bytes:
-        kept = []
-        for event in _split_events(complete):
-            counts = _event_usage(event) if _USAGE_KEY in event else None
-            if counts is not None:
-                self.counts = counts
-                if self.strip:
-                    continue
-            kept.append(event)
-        return b"".join(kept)
+        return b"".join(self._pass(event) if _USAGE_KEY in event else event for event in _split_events(complete))
+
+    def _pass(self, event: bytes) -> bytes:
+        """What goes on of an event that names usage: with `strip`, nothing of the usage event (its counts are
+        kept) and the others without their null usage."""
+        document = _event_document(event)
+        counts = _usage_in(document)
+        if counts is not None:
+            self.counts = counts
+            return b"" if self.strip else event
+        if self.strip and isinstance(document, dict) and "usage" in document and document["usage"] is None:
+            return _without_null_usage(event)
+        return event

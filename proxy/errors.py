@@ -98,6 +98,14 @@ def endpoint_not_allowed(method: str, path: str) -> Refusal:
     return Refusal(404, "endpoint_not_allowed", f"This proxy does not serve {method} {path}.")
 
 
+def invalid_path() -> Refusal:
+    return Refusal(
+        400,
+        "invalid_path",
+        "The path has an encoded slash or backslash, a backslash or a dot segment. Send the plain path.",
+    )
+
+
 def method_not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> Refusal:
     return Refusal(
         405, "method_not_allowed", f"Method {method} is not allowed for {path} (allowed: {', '.join(allowed)})."
@@ -193,6 +201,12 @@ def model_not_priced(model: str) -> Refusal:
         "manage.py load_prices).",
         param="model",
     )
+
+
+def internal_error() -> Refusal:
+    """An unexpected failure of the proxy itself: nothing about it goes to the client (the log has the traceback).
+    Not retried: it may well fail the same way again, and the upstream may already have been asked."""
+    return Refusal(500, "internal_error", "The proxy failed to handle this request.", "server_error")
 
 
 def _size(n: int) -> str:

@@ -1,8 +1,8 @@
 """`/v1/<path>`: check the endpoint, admit the token, forward to the upstream, pass the response on as it comes.
 
-The order is cheapest first: the allow-list and the token's shape need no database; admission is one statement
-(plus one more only to explain a refusal); the database is not touched again until the usage record, which a
-background thread writes after the last byte.
+The order is cheapest first: the path, the allow-list and the token's shape need no database; admission is one
+statement (plus one more only to explain a refusal); the database is not touched again until the usage record, which
+a background thread writes after the last byte.
 """
 
 import asyncio
@@ -49,6 +49,11 @@ async def forward(request: HttpRequest, path: str) -> HttpResponse:
     except asyncio.CancelledError:
         exchange.record(status=499, duration_ms=exchange.elapsed_ms(), client_aborted=True)
         raise
+    except Exception:
+        # The last guard: a failure of the proxy itself is still an answer in OpenAI's envelope, recorded like a
+        # refusal. Its traceback is logged here, once (Django's own line about the 500 is dropped: access_log).
+        logger.exception("unexpected error on request %s", exchange.request_id)
+        return exchange.refuse(errors.internal_error())
 
 
 def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpResponse:
@@ -71,6 +76,9 @@ async def _forward(
     request: HttpRequest, scope: dict, exchange: Exchange, api_path: str, read: dict[bytes, str]
 ) -> HttpResponse:
     method = exchange.method
+    raw_path = scope.get("raw_path") or escape_uri_path(scope["path"]).encode()  # raw_path is optional in ASGI
+    if not endpoints.plain_path(raw_path, scope["path"]):
+        return exchange.refuse(errors.invalid_path())
     check = endpoints.check(method, api_path)
     if not check.allowed:
         if check.known_path:
@@ -103,7 +111,6 @@ async def _forward(
 
     sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path)
     exchange.model = sent.model
-    raw_path = scope.get("raw_path") or escape_uri_path(scope["path"]).encode()  # raw_path is optional in ASGI
     forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
     upstream_request = upstream.build_request(
         method,

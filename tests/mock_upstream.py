@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 
 TOKEN_MARK = b"sk-wt-"
+# POST endpoints whose body is a JSON object: any other body (or one nested too deep to read) gets OpenAI's 400.
+JSON_ROUTES = frozenset({"/chat/completions", "/completions", "/embeddings", "/audio/speech", "/responses"})
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
 
 
@@ -172,28 +174,34 @@ class MockUpstream:
             }
             return await self._json(writer, 200, echo)
         route = request.path.removeprefix("/v1")
+        if request.method == "POST" and route in JSON_ROUTES:
+            try:
+                payload = request.json()
+            except (ValueError, RecursionError):
+                payload = None
+            if not isinstance(payload, dict):
+                return await self._json(writer, 400, _error("We could not parse the JSON body of your request.", None))
         if route == "/chat/completions" and request.method == "POST":
-            payload = request.json()
             if payload.get("stream"):
                 return await self._stream_chat(request, payload, reader, writer)
             return await self._json(writer, 200, _chat_completion(payload))
         if route == "/completions" and request.method == "POST":
-            return await self._json(writer, 200, _completion(request.json()))
+            return await self._json(writer, 200, _completion(payload))
         if route == "/embeddings" and request.method == "POST":
-            return await self._json(writer, 200, _embeddings(request.json()))
+            return await self._json(writer, 200, _embeddings(payload))
         if route == "/models" and request.method == "GET":
             return await self._json(writer, 200, {"object": "list", "data": [_model("gpt-4o"), _model("gpt-4o-mini")]})
         if route.startswith("/models/") and request.method == "GET":
             return await self._json(writer, 200, _model(route.removeprefix("/models/")))
         if route == "/audio/speech" and request.method == "POST":
-            return await self._send(writer, 200, "audio/mpeg", speech_bytes(request.json().get("input", "")))
+            return await self._send(writer, 200, "audio/mpeg", speech_bytes(payload.get("input", "")))
         if route == "/files" and request.method == "POST":
             return await self._json(writer, 200, _file_object(request))
         if route.startswith("/files/") and request.method == "DELETE":
             deleted = {"id": route.removeprefix("/files/"), "object": "file", "deleted": True}
             return await self._json(writer, 200, deleted)
         if route == "/responses" and request.method == "POST":
-            return await self._json(writer, 200, _response(request.json()))
+            return await self._json(writer, 200, _response(payload))
         return await self._json(writer, 404, _error(f"Invalid URL ({request.method} {request.path})", None))
 
     async def _json(self, writer, status: int, document) -> bool:
@@ -310,8 +318,8 @@ def _chunk(model: str, choices: list, include_usage: bool, usage: dict | None = 
         "choices": choices,
     }
     if include_usage:
-        document["usage"] = usage
-    return b"data: " + json.dumps(document).encode() + b"\n\n"
+        document["usage"] = usage  # as OpenAI does: null in every chunk but the last, once usage is asked for
+    return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"  # OpenAI's compact form
 
 
 def _embeddings(payload: dict) -> dict:

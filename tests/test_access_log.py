@@ -181,10 +181,15 @@ def test_a_key_sent_as_the_model_or_in_the_path_is_cut_to_its_display_prefix(cap
     assert VALID_KEY not in row["path"] and VALID_KEY not in row["model"]  # nor stored, nor a metrics label
 
 
-def test_only_djangos_warnings_about_proxied_requests_are_dropped(rf):
+def test_only_djangos_lines_about_proxied_answers_are_dropped(rf):
     keep = ProxiedRequestWarnings().filter
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = sys.exc_info()
 
     assert not keep(log_record(levelno=logging.WARNING, request=rf.get("/v1/models")))
-    assert keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models")))
+    assert not keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models")))
+    assert keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models"), exc_info=failure))
     assert keep(log_record(levelno=logging.WARNING, request=rf.get("/admin/login/")))
     assert keep(log_record(levelno=logging.WARNING))

@@ -13,14 +13,18 @@ def sse(document) -> bytes:
     return b"data: " + json.dumps(document).encode() + b"\n\n"
 
 
-CHUNKS = [
-    sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "Hel"}}], "usage": None}),
-    sse({"id": "c", "choices": [{"index": 0, "delta": {"content": "lo"}}], "usage": None}),
-    sse({"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}),
-    b"data: [DONE]\n\n",
+DELTAS = [
+    {"id": "c", "choices": [{"index": 0, "delta": {"content": 'Hel "usage": null,'}}]},
+    {"id": "c", "choices": [{"index": 0, "delta": {"content": "lo"}}]},
 ]
-STREAM = b"".join(CHUNKS)
-WITHOUT_USAGE = CHUNKS[0] + CHUNKS[1] + CHUNKS[3]
+STREAM = b"".join(
+    [
+        *(sse(delta | {"usage": None}) for delta in DELTAS),
+        sse({"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}),
+        b"data: [DONE]\n\n",
+    ]
+)
+WITHOUT_USAGE = b"".join([*(sse(delta) for delta in DELTAS), b"data: [DONE]\n\n"])  # as had usage not been asked for
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 13, 64, len(STREAM)])
@@ -34,9 +38,10 @@ def test_the_usage_event_is_found_across_any_chunk_boundaries(size, strip):
 
 
 def test_complete_events_are_passed_on_at_once_when_stripping():
+    first, second = sse({"id": "c", "choices": []}), sse({"id": "d", "choices": []})
     parser = StreamUsage(strip=True)
-    assert parser.feed(CHUNKS[0] + CHUNKS[1][:10]) == CHUNKS[0]
-    assert parser.feed(CHUNKS[1][10:]) == CHUNKS[1]
+    assert parser.feed(first + second[:10]) == first
+    assert parser.feed(second[10:]) == second
 
 
 def test_crlf_events_and_the_responses_api_completed_event():

@@ -1,4 +1,11 @@
 from django.apps import AppConfig
+from django.db.models import Model
+
+
+def own_fields(model: type[Model]) -> list[str]:
+    """The model's own fields. Without a list, auditlog also diffs the reverse relations on create (a junk
+    `security_events` change in every new token's entry)."""
+    return [field.name for field in model._meta.concrete_fields]
 
 
 class TokensConfig(AppConfig):
@@ -13,6 +20,8 @@ class TokensConfig(AppConfig):
         # Counters and last-used change on every proxied request: usage, not operator actions. The digest is the
         # lookup key for the secret: never shown, so never put in the history either.
         auditlog.register(
-            Token, exclude_fields=["request_count", "cache_hit_count", "last_used_at", "digest", *Token.COUNTERS]
+            Token,
+            include_fields=own_fields(Token),
+            exclude_fields=["request_count", "cache_hit_count", "last_used_at", "digest", *Token.COUNTERS],
         )
-        auditlog.register(MintingKey, exclude_fields=["last_used_at", "digest"])
+        auditlog.register(MintingKey, include_fields=own_fields(MintingKey), exclude_fields=["last_used_at", "digest"])
