@@ -82,7 +82,7 @@ def _row(record: Record) -> dict:
     # A shallow copy: `asdict` deep-copies every field, a cost paid per request for nothing here.
     row = {name: getattr(record, name) for name in _COPIED}
     # Text a client chose: a key pasted as a model name or into a path is not stored (nor logged, nor a label).
-    row["path"] = scrub_secrets(row["path"])[:500]
+    row["path"] = scrub_secrets(row["path"]).replace("\x00", "\ufffd")[:500]  # `%00` decodes to a NUL: no text
     row["model"] = scrub_secrets(row["model"])[:200]
     row["uid"] = uuid.uuid4()
     if counts is not None:

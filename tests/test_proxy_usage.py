@@ -135,3 +135,15 @@ def test_stream_usage_is_recorded_whether_or_not_the_client_saw_it(openai_client
         assert record.status == 200 and record.refusal_code == "" and not record.client_aborted
         assert 0 < record.ttfb_ms <= record.duration_ms and 0 < record.upstream_ms <= record.duration_ms
         assert record.method == "POST" and record.path == "/v1/chat/completions"
+
+
+@pytest.mark.usefixtures("live_db")
+def test_a_path_with_an_encoded_nul_is_recorded(proxy_server, make_project, make_token, upstream):
+    """`%00` decodes to a NUL, which PostgreSQL cannot store in text: the record keeps a replacement character."""
+    import httpx
+
+    token = make_token(make_project()).plaintext
+    response = httpx.get(f"{proxy_server.base_url}/models/a%00b", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    (record,) = wait_for_usage(1)
+    assert record.path == "/v1/models/a\ufffdb"
