@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.hashers import MD5PasswordHasher
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
@@ -276,3 +277,19 @@ def test_purge_usage_deletes_throttles_that_no_longer_matter(client, alice):
 
     assert "and 2 login throttles no longer needed" in out.getvalue()
     assert sorted(LoginThrottle.objects.values_list("key", flat=True)) == ["192.0.2.1", "198.51.100.20", "alice", "bob"]
+
+
+def test_an_operator_can_lift_a_lockout_from_the_command_line(client, alice):
+    fail(client, "alice", 10)
+    out = io.StringIO()
+    call_command("unlock_login", "--user", "alice", stdout=out)
+    assert out.getvalue() == "cleared 1 login throttles\n"
+    assert login(client, "alice", RIGHT) == "in"
+
+    for i in range(50):
+        fail(client, f"guess-{i}", 1, ip="2001:db8::1")
+    assert locked_message("15 minutes") in login(client, "alice", RIGHT, ip="2001:db8::2")
+    call_command("unlock_login", "--address", "2001:db8::3", stdout=io.StringIO())
+    assert login(client, "alice", RIGHT, ip="2001:db8::2") == "in"
+    with pytest.raises(CommandError, match="name a --user"):
+        call_command("unlock_login")

@@ -120,6 +120,17 @@ def clear_failures(attempt: Attempt) -> None:
     LoginThrottle.objects.filter(scope=LoginThrottleScope.USER, key=attempt.username, failures__gt=0).update(failures=0)
 
 
+def unlock(*, username: str = "", client_ip: str = "") -> int:
+    """Lift the lockout of a user name and/or a client address and forget their failures and lockout series (for an
+    operator locked out by someone else's attempts); how many rows were cleared."""
+    attempt = Attempt(username=username, client_ip=normalise_ip(client_ip))
+    query = Q()
+    for scope, key, _ in attempt.counters():
+        if key:
+            query |= Q(scope=scope, key=key)
+    return LoginThrottle.objects.filter(query).delete()[0] if query else 0
+
+
 def refuse(request: HttpRequest, refusal: LoginRefused) -> None:
     """Mark the request as refused by the throttle, so the login form can say why and no failure is counted."""
     setattr(request, REFUSAL_ATTRIBUTE, str(refusal))
