@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from llmproxy.security import throttle
 from llmproxy.security.models import LoginThrottle, SecurityEvent, SecurityEventKind
+from tests.test_settings import run_check
 
 pytestmark = pytest.mark.django_db
 
@@ -293,3 +294,16 @@ def test_an_operator_can_lift_a_lockout_from_the_command_line(client, alice):
     assert login(client, "alice", RIGHT, ip="2001:db8::2") == "in"
     with pytest.raises(CommandError, match="name a --user"):
         call_command("unlock_login")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOGIN_MAX_FAILURES_PER_USER": "0"},
+        {"LOGIN_LOCKOUT_MAX_MINUTES": "5"},
+        {"LOGIN_PASSWORD_CHECKS_PER_MINUTE": "0"},
+    ],
+)
+def test_nonsense_limits_refuse_to_start(env):
+    result = run_check(DEBUG="1", **env)
+    assert result.returncode != 0 and "refusing to start: the LOGIN_* limits" in result.stderr
