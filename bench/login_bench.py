@@ -8,7 +8,8 @@ prints both, and what the login loops got back: a wrong-password answer (a passw
 "try again in a moment" (the hashing bound).
 
 `--server-env NAME=VALUE` passes a setting to the server, e.g. the LOGIN_MAX_FAILURES_* limits raised out of reach
-to see the hashing bound alone. On code before the login throttle, the same script measures the old behaviour.
+to see the hashing bound alone; `--get` makes the loops only load the login page (no password), which is what any
+admin page costs, for comparison. On code before the login throttle, the same script measures the old behaviour.
 """
 
 import argparse
@@ -33,6 +34,7 @@ OUTCOMES = {
     "hashed": b"Please enter the correct username and password",
     "locked": b"Too many failed login attempts",
     "busy": b"Too many login attempts, try again in a moment",
+    "page": b'name="csrfmiddlewaretoken"',
 }
 
 
@@ -54,8 +56,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return int(head[0].split(" ", 2)[1]), headers, body
 
 
-async def login_loop(port: int, stop, counts: dict[str, int]) -> None:
-    """Get the login form's CSRF cookie and token once, then post a wrong password until told to stop."""
+async def login_loop(port: int, get: bool, stop, counts: dict[str, int]) -> None:
+    """Get the login form's CSRF cookie and token once, then post a wrong password (or load the form again, with
+    `get`) until told to stop."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET /admin/login/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
     _, headers, body = await read_response(reader)
@@ -65,24 +68,24 @@ async def login_loop(port: int, stop, counts: dict[str, int]) -> None:
     while not stop.is_set():
         attempt += 1
         form = f"csrfmiddlewaretoken={token}&username={ADMIN_USER}&password=wrong-{attempt}&next=/admin/".encode()
-        writer.write(
-            (
-                f"POST /admin/login/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
-                f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n\r\n"
-            ).encode()
-            + form
-        )
+        request = (
+            f"POST /admin/login/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n\r\n"
+        ).encode() + form
+        if get:
+            request = f"GET /admin/login/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n".encode()
+        writer.write(request)
         status, _, body = await read_response(reader)
         outcome = next((name for name, text in OUTCOMES.items() if text in body), f"status {status}")
         counts[outcome] = counts.get(outcome, 0) + 1
     writer.close()
 
 
-def attack(port: int, loops: int, stop, results) -> None:
+def attack(port: int, loops: int, get: bool, stop, results) -> None:
     counts: dict[str, int] = {}
 
     async def run() -> None:
-        await asyncio.gather(*(login_loop(port, stop, counts) for _ in range(loops)))
+        await asyncio.gather(*(login_loop(port, get, stop, counts) for _ in range(loops)))
 
     asyncio.run(run())
     results.put(counts)
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="proxied requests per latency series")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds the loops run before measuring")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--get", action="store_true", help="the loops only load the login page, posting nothing")
     args = parser.parse_args()
 
     from cryptography.fernet import Fernet
@@ -153,7 +157,7 @@ def main() -> None:
 
         alone = asyncio.run(latency(proxied, args.requests, 100))
         stop, results = multiprocessing.Event(), multiprocessing.Queue()
-        attacker = multiprocessing.Process(target=attack, args=(server_port, args.loops, stop, results))
+        attacker = multiprocessing.Process(target=attack, args=(server_port, args.loops, args.get, stop, results))
         attacker.start()
         time.sleep(args.warmup)
         started = time.perf_counter()
@@ -166,7 +170,7 @@ def main() -> None:
         engine = "PostgreSQL" if db_url.startswith("postgres") else "SQLite"
         print(f"\nProxy latency under an admin login attack — {engine}, 2 uvicorn workers, {os.cpu_count()} CPUs")
         print(f"  alone:                           {figures(alone)}")
-        print(f"  with {args.loops} wrong-password loops: {figures(attacked)}")
+        print(f"  with {args.loops} {'login page' if args.get else 'wrong-password'} loops: {figures(attacked)}")
         total = sum(counts.values())
         answers = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
         print(

@@ -1,9 +1,14 @@
 """The operator UI: Django's admin, with a dashboard as its home page."""
 
+import asyncio
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from .security import throttle
@@ -27,6 +32,16 @@ class LLMProxyAdminSite(admin.AdminSite):
     recent_activity_size = 10
     usage_days = 14
     lockout_hours = 24
+
+    @login_not_required
+    async def login(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        """Django's login page; an attempt the login throttle refused is answered only after
+        `LOGIN_REFUSAL_DELAY_SECONDS`, waited on the event loop (no thread held), so a client that keeps posting while
+        locked out gets few answers a second and costs the workers, and so the proxy, little CPU."""
+        response = await sync_to_async(super().login)(request, extra_context)
+        if throttle.refusal(request):
+            await asyncio.sleep(settings.LOGIN_REFUSAL_DELAY_SECONDS)
+        return response
 
     def index(self, request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
         """The dashboard: projects and tokens at a glance, usage of the last days, recent activity, quick actions,

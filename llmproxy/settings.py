@@ -161,15 +161,19 @@ LOGIN_LOCKOUT_REPEAT_HOURS = env.int("LOGIN_LOCKOUT_REPEAT_HOURS", default=24)
 # LOGIN_PASSWORD_CHECKS_BURST; an attempt over that is refused ("try again in a moment") without hashing.
 LOGIN_PASSWORD_CHECKS_PER_MINUTE = env.float("LOGIN_PASSWORD_CHECKS_PER_MINUTE", default=12.0)
 LOGIN_PASSWORD_CHECKS_BURST = env.int("LOGIN_PASSWORD_CHECKS_BURST", default=5)
+# A login refused by the throttle (locked, or over the bound) is answered after this many seconds: a client looping on
+# the login page then makes few attempts a second, whatever their cost.
+LOGIN_REFUSAL_DELAY_SECONDS = env.float("LOGIN_REFUSAL_DELAY_SECONDS", default=1.0)
 if (
     min(LOGIN_MAX_FAILURES_PER_USER, LOGIN_MAX_FAILURES_PER_ADDRESS, LOGIN_FAILURE_WINDOW_MINUTES) < 1
     or min(LOGIN_LOCKOUT_MINUTES, LOGIN_LOCKOUT_REPEAT_HOURS, LOGIN_PASSWORD_CHECKS_BURST) < 1
     or LOGIN_LOCKOUT_MAX_MINUTES < LOGIN_LOCKOUT_MINUTES
     or LOGIN_PASSWORD_CHECKS_PER_MINUTE <= 0
+    or LOGIN_REFUSAL_DELAY_SECONDS < 0
 ):
     refuse_to_start(
-        "the LOGIN_* limits must be at least 1 (LOGIN_PASSWORD_CHECKS_PER_MINUTE above 0), and "
-        "LOGIN_LOCKOUT_MAX_MINUTES at least LOGIN_LOCKOUT_MINUTES."
+        "the LOGIN_* limits must be at least 1 (LOGIN_PASSWORD_CHECKS_PER_MINUTE above 0, "
+        "LOGIN_REFUSAL_DELAY_SECONDS not negative), and LOGIN_LOCKOUT_MAX_MINUTES at least LOGIN_LOCKOUT_MINUTES."
     )
 
 # --- Audit -----------------------------------------------------------------------------------------------------

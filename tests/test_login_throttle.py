@@ -3,6 +3,7 @@ refused before any password is hashed; exact under concurrency; the per-worker b
 
 import io
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -58,6 +59,7 @@ def limits(settings, monkeypatch):
     settings.LOGIN_LOCKOUT_REPEAT_HOURS = 24
     settings.LOGIN_PASSWORD_CHECKS_BURST = 10_000
     settings.LOGIN_PASSWORD_CHECKS_PER_MINUTE = 60_000
+    settings.LOGIN_REFUSAL_DELAY_SECONDS = 0
     monkeypatch.setattr(throttle, "password_checks", throttle.PasswordCheckGate())
     monkeypatch.setattr(CountingHasher, "calls", 0)
     return settings
@@ -182,6 +184,18 @@ def test_a_lockout_is_one_security_event_and_shows_on_the_dashboard(alice, admin
     assert f'href="{link}">1</a>' in stat and "Admin login lockouts within 24 h" in stat
     listed = admin_client.get(link).context["cl"].result_list
     assert [e.pk for e in listed] == [event.pk]
+
+
+def test_a_refused_attempt_is_answered_after_the_refusal_delay_and_a_checked_one_is_not(client, alice, limits):
+    limits.LOGIN_REFUSAL_DELAY_SECONDS = 0.5
+    fail(client, "alice", 10)
+    started = time.monotonic()
+    assert locked_message("15 minutes") in login(client, "alice", RIGHT)
+    refused = time.monotonic() - started
+    started = time.monotonic()
+    fail(client, "bob", 1)
+    checked = time.monotonic() - started
+    assert refused >= 0.5 > checked
 
 
 def test_a_success_clears_the_user_names_failures_but_not_the_addresss(client, alice):
