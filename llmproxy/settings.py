@@ -160,6 +160,38 @@ SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 
+# --- Admin login throttling (llmproxy.security.throttle) -------------------------------------------------------
+# Every login goes through this backend: it refuses locked user names and addresses before any password is hashed,
+# and bounds the hashing each worker does for logins.
+AUTHENTICATION_BACKENDS = ["llmproxy.security.backends.ThrottledModelBackend"]
+# This many failed logins for one user name, or from one client address, within the window lock it.
+LOGIN_MAX_FAILURES_PER_USER = env.int("LOGIN_MAX_FAILURES_PER_USER", default=10)
+LOGIN_MAX_FAILURES_PER_ADDRESS = env.int("LOGIN_MAX_FAILURES_PER_ADDRESS", default=50)
+LOGIN_FAILURE_WINDOW_MINUTES = env.int("LOGIN_FAILURE_WINDOW_MINUTES", default=15)
+# The first lockout lasts LOGIN_LOCKOUT_MINUTES; one that begins within LOGIN_LOCKOUT_REPEAT_HOURS of the end of the
+# previous one lasts twice as long as that one, up to LOGIN_LOCKOUT_MAX_MINUTES.
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+LOGIN_LOCKOUT_MAX_MINUTES = env.int("LOGIN_LOCKOUT_MAX_MINUTES", default=24 * 60)
+LOGIN_LOCKOUT_REPEAT_HOURS = env.int("LOGIN_LOCKOUT_REPEAT_HOURS", default=24)
+# Per worker process: password checks for logins run one at a time, at most this many a minute after a burst of
+# LOGIN_PASSWORD_CHECKS_BURST; an attempt over that is refused ("try again in a moment") without hashing.
+LOGIN_PASSWORD_CHECKS_PER_MINUTE = env.float("LOGIN_PASSWORD_CHECKS_PER_MINUTE", default=12.0)
+LOGIN_PASSWORD_CHECKS_BURST = env.int("LOGIN_PASSWORD_CHECKS_BURST", default=5)
+# A login refused by the throttle (locked, or over the bound) is answered after this many seconds: a client looping on
+# the login page then makes few attempts a second, whatever their cost.
+LOGIN_REFUSAL_DELAY_SECONDS = env.float("LOGIN_REFUSAL_DELAY_SECONDS", default=1.0)
+if (
+    min(LOGIN_MAX_FAILURES_PER_USER, LOGIN_MAX_FAILURES_PER_ADDRESS, LOGIN_FAILURE_WINDOW_MINUTES) < 1
+    or min(LOGIN_LOCKOUT_MINUTES, LOGIN_LOCKOUT_REPEAT_HOURS, LOGIN_PASSWORD_CHECKS_BURST) < 1
+    or LOGIN_LOCKOUT_MAX_MINUTES < LOGIN_LOCKOUT_MINUTES
+    or LOGIN_PASSWORD_CHECKS_PER_MINUTE <= 0
+    or LOGIN_REFUSAL_DELAY_SECONDS < 0
+):
+    refuse_to_start(
+        "the LOGIN_* limits must be at least 1 (LOGIN_PASSWORD_CHECKS_PER_MINUTE above 0, "
+        "LOGIN_REFUSAL_DELAY_SECONDS not negative), and LOGIN_LOCKOUT_MAX_MINUTES at least LOGIN_LOCKOUT_MINUTES."
+    )
+
 # --- Audit -----------------------------------------------------------------------------------------------------
 # The remote address is set by our own services from REMOTE_ADDR; never trust a client's X-Forwarded-For.
 AUDITLOG_DISABLE_REMOTE_ADDR = False

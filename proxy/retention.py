@@ -1,4 +1,5 @@
-"""Retention: usage records and security events older than the retention period are deleted, in small batches.
+"""Retention: usage records and security events older than the retention period are deleted, in small batches, and
+login throttles that no longer change anything (`llmproxy.security.throttle.stale_throttles`).
 
 Each batch is one short statement (`DELETE … WHERE id IN (SELECT id … ORDER BY time LIMIT n)`) in its own
 transaction, so the proxy's writers never wait long behind a purge, whatever the size of the backlog. The per-day
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from llmproxy.audit import Actor
 from llmproxy.security.models import SecurityEvent
+from llmproxy.security.throttle import stale_throttles
 
 from .models import UsageRecord
 
@@ -28,6 +30,7 @@ class PurgeResult:
     cutoff: datetime
     usage_records: int
     security_events: int
+    login_throttles: int
     dry_run: bool
 
 
@@ -40,24 +43,34 @@ def usage_purge(
     now: datetime | None = None,
 ) -> PurgeResult:
     """Delete usage records that arrived, and security events last seen, more than `days` days ago (default
-    `USAGE_RETENTION_DAYS`); with `dry_run`, only count them. Logs one line saying who purged what."""
+    `USAGE_RETENTION_DAYS`), and login throttles no longer needed; with `dry_run`, only count them. Logs one line
+    saying who purged what."""
     days = settings.USAGE_RETENTION_DAYS if days is None else days
     if days < 1 or batch_size < 1:
         raise ValueError("days and batch_size must be at least 1")
     cutoff = (now or timezone.now()) - timedelta(days=days)
     records = UsageRecord.objects.filter(time__lt=cutoff).order_by("time")
     events = SecurityEvent.objects.filter(last_seen__lt=cutoff).order_by("last_seen")
+    throttles = stale_throttles(now)
     if dry_run:
-        return PurgeResult(cutoff, records.count(), events.count(), dry_run=True)
-    result = PurgeResult(cutoff, _delete_in_batches(records, batch_size), _delete_in_batches(events, batch_size), False)
+        return PurgeResult(cutoff, records.count(), events.count(), throttles.count(), dry_run=True)
+    result = PurgeResult(
+        cutoff,
+        _delete_in_batches(records, batch_size),
+        _delete_in_batches(events, batch_size),
+        _delete_in_batches(throttles, batch_size),
+        dry_run=False,
+    )
     logger.info(
-        "usage purge by %s via %s: deleted %d usage records and %d security events older than %s (%d days)",
+        "usage purge by %s via %s: deleted %d usage records and %d security events older than %s (%d days), "
+        "and %d login throttles no longer needed",
         actor,
         actor.via,
         result.usage_records,
         result.security_events,
         cutoff.isoformat(timespec="seconds"),
         days,
+        result.login_throttles,
     )
     return result
 

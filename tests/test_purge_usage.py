@@ -130,8 +130,9 @@ def test_a_tiny_batch_size_deletes_everything_one_short_statement_at_a_time(toke
     assert UsageRecord.objects.count() == 1 and SecurityEvent.objects.count() == 0
     statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
     deletes = [sql for sql in statements if sql.startswith("DELETE")]
-    # 2 + 2 + 2 + 1 records, then 2 + 1 events: each batch one DELETE of at most 2 rows picked by a subquery.
-    assert len(deletes) == 6
+    # 2 + 2 + 2 + 1 records, 2 + 1 events, then an empty batch of login throttles: each batch one DELETE of at most
+    # 2 rows picked by a subquery.
+    assert len(deletes) == 7
     assert all("LIMIT 2" in sql for sql in deletes)
     assert not [sql for sql in statements if sql.startswith("SELECT")]  # rows are never loaded into memory
 
@@ -150,7 +151,7 @@ def test_one_log_line_says_who_purged_what(token, caplog, settings):
     assert len(lines) == 1
     assert lines[0].startswith("usage purge by command line (")
     assert " via cli: deleted 1 usage records and 0 security events older than " in lines[0]
-    assert lines[0].endswith("(90 days)")
+    assert lines[0].endswith("(90 days), and 0 login throttles no longer needed")
 
 
 @pytest.mark.django_db

@@ -9,6 +9,7 @@ class SecurityEventKind(models.TextChoices):
     PROXY_AUTH_FAILED = "proxy_auth_failed", "Proxy authentication failed"
     PROJECT_INACTIVE = "project_inactive", "Refused: project inactive"
     ADMIN_LOGIN_FAILED = "admin_login_failed", "Admin login failed"
+    ADMIN_LOGIN_LOCKED = "admin_login_locked", "Admin login locked"
     MANAGEMENT_AUTH_FAILED = "management_auth_failed", "Management API authentication failed"
 
 
@@ -83,3 +84,34 @@ class SecurityEvent(models.Model):
         if self.reason:
             label += f" ({self.get_reason_display().lower()})"
         return f"{label} from {self.client_ip or 'unknown address'}"
+
+
+class LoginThrottleScope(models.TextChoices):
+    USER = "user", "User name"
+    ADDRESS = "address", "Client address"
+
+
+class LoginThrottle(models.Model):
+    """Failed admin logins of one user name or one client address, and its lockout (see `llmproxy.security.throttle`).
+
+    One row per user name or address, changed only by single atomic statements, so the count is exact across workers
+    and instances. The key is what was attempted: a user name that does not exist is counted and locked like one that
+    does, so a lockout never tells whether an account exists.
+    """
+
+    scope = models.CharField(max_length=8, choices=LoginThrottleScope.choices)
+    key = models.CharField(max_length=150, help_text="The user name attempted, or the client address (IPv6: its /64).")
+    failures = models.PositiveIntegerField(default=0, help_text="Failures since window_start.")
+    window_start = models.DateTimeField(help_text="When the current counting window began.")
+    locked_until = models.DateTimeField(null=True, blank=True)
+    lockouts = models.PositiveIntegerField(
+        default=0, help_text="Lockouts in the current series (each one soon after the last doubles its length)."
+    )
+
+    class Meta:
+        verbose_name = "login throttle"
+        indexes = [models.Index(fields=["window_start"], name="loginthrottle_window_start")]
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="loginthrottle_scope_key")]
+
+    def __str__(self) -> str:
+        return f"{self.get_scope_display()} {self.key}"
