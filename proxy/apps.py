@@ -9,7 +9,7 @@ class ProxyConfig(AppConfig):
         from auditlog.registry import auditlog
 
         from .models import ModelPrice
+        from .services import PRICE_FIELDS
 
-        # Every price change: what each dollar figure rests on. `updated_at` is the entry's time of change, which the
-        # audit entry has already.
-        auditlog.register(ModelPrice, exclude_fields=["updated_at"])
+        # Every price change: what each dollar figure rests on (the entry's time of change is the audit entry's).
+        auditlog.register(ModelPrice, include_fields=["model", *PRICE_FIELDS, "source"])
