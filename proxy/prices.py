@@ -81,7 +81,7 @@ def clean_price(value: object, field: str) -> Decimal:
         raise ServiceError(
             "out_of_range", f"A price must be between 0 and {MAX_PRICE} US dollars per million tokens.", field=field
         )
-    return number.quantize(_QUANTUM, rounding=ROUND_HALF_UP)
+    return number.quantize(_QUANTUM, rounding=ROUND_HALF_UP) + 0  # + 0: no negative zero (-0.0 is a JSON number)
 
 
 def clean_source(source: str) -> str:
@@ -158,6 +158,19 @@ def read_price_table() -> PriceTable:
         "model", "input_per_million", "cached_input_per_million", "output_per_million"
     )
     return PriceTable([Price(*row) for row in rows])
+
+
+def model_prices():
+    """Every entry, by model (for lists)."""
+    from .models import ModelPrice
+
+    return ModelPrice.objects.order_by("model")
+
+
+def model_price_for(model: str):
+    """The entry that prices `model` now, as the database has it (not this process's copy)."""
+    price = read_price_table().lookup(model)
+    return None if price is None else model_prices().filter(model=price.model).first()
 
 
 # --- this process's copy ---------------------------------------------------------------------------------------
