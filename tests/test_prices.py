@@ -16,9 +16,16 @@ from proxy.models import ModelPrice
 from proxy.prices import Price, PriceTable, price_table, price_table_sync, read_price_table
 from proxy.services import PriceEntry, price_delete, price_set, prices_load
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_table")]
 
 API = Actor(via="api", label="management token", remote_addr="203.0.113.9")
+
+
+@pytest.fixture
+def empty_table():
+    """Without the default list (nor the audit entries of its removal): each test's entries are its own."""
+    ModelPrice.objects.all().delete()
+    LogEntry.objects.all().delete()
 
 
 def put(model: str, input_: object = "1", cached: object = None, output: object = "2", source: str = "test"):

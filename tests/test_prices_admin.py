@@ -30,6 +30,20 @@ def form(**fields) -> dict:
     }
 
 
+def test_the_shipped_prices_show_where_and_when_their_figures_were_read(admin_client):
+    html = admin_client.get(CHANGELIST).content.decode()
+    shipped = {p.model: p for p in ModelPrice.objects.all()}
+    assert {"gpt-5.1", "gpt-5-nano", "text-embedding-3-small", "text-embedding-3-large"} <= set(shipped)
+    nano = shipped["gpt-5-nano"]
+    assert (nano.input_per_million, nano.cached_input_per_million, nano.output_per_million) == (
+        Decimal("0.05"),
+        Decimal("0.005"),
+        Decimal("0.4"),
+    )
+    assert shipped["text-embedding-3-small"].cached_input_per_million is None
+    assert "developers.openai.com/api/docs/models/gpt-5-nano, read 2026-12-02" in html
+
+
 def test_the_list_shows_each_price_with_its_source_and_how_a_price_is_chosen(admin_client):
     ModelPrice.objects.all().delete()
     ModelPrice.objects.create(

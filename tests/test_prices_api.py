@@ -40,6 +40,7 @@ def api(client):
 @pytest.fixture
 def table():
     ModelPrice.objects.all().delete()
+    LogEntry.objects.all().delete()
     ModelPrice.objects.create(
         model="gpt-4o*", input_per_million="2.5", cached_input_per_million="1.25", output_per_million=10, source="s1"
     )
