@@ -41,9 +41,9 @@ class CleanEntry:
         return self.input_per_million, self.cached_input_per_million, self.output_per_million
 
 
-def price_entry_check(entry: PriceEntry) -> CleanEntry:
-    """The entry as it would be stored (prices rounded to 6 decimal places); ServiceError naming the field that
-    breaks a rule. For forms, which show every refusal beside its field before anything is saved."""
+def _checked(entry: PriceEntry) -> CleanEntry:
+    """The entry as it is stored (prices rounded to 6 decimal places); ServiceError naming the field that breaks a
+    rule."""
     cached = entry.cached_input_per_million
     return CleanEntry(
         model=clean_model(entry.model),
@@ -81,7 +81,7 @@ def price_set(
 ) -> PriceSetResult:
     """Create the entry for `model` (a name or a pattern), or replace its prices and source."""
     given = PriceEntry(model, input_per_million, cached_input_per_million, output_per_million, source)
-    entry = price_entry_check(given)
+    entry = _checked(given)
     try:
         return _set(entry, actor)
     except IntegrityError:
@@ -142,7 +142,7 @@ def prices_load(
     clean: dict[str, CleanEntry] = {}
     for entry in entries:
         try:
-            checked = price_entry_check(entry)
+            checked = _checked(entry)
         except ServiceError as error:
             report.skipped.append(Skipped(str(entry.model), "invalid", f"{error.field}: {error.text}"))
             continue

@@ -115,6 +115,15 @@ def test_a_refused_value_is_shown_beside_its_field_and_nothing_is_saved(admin_cl
     assert ModelPrice.objects.count() == count
 
 
+def test_every_refused_field_is_shown_at_once(admin_client):
+    errors = (
+        admin_client.post(ADD, form(model="gpt-*4o", input_per_million="-1", source="ok"))
+        .context["adminform"]
+        .form.errors
+    )
+    assert set(errors) == {"model", "input_per_million"}
+
+
 def test_a_model_that_has_a_price_already_is_refused(admin_client):
     ModelPrice.objects.get_or_create(model="gpt-4o*", defaults={"input_per_million": 1, "output_per_million": 2})
     response = admin_client.post(ADD, form())

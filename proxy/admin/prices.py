@@ -1,7 +1,9 @@
 """The model price table: list, search, add, edit and delete (behind Django's confirmation), each change made by
 proxy.services with the operator as the audited actor; the history page tells every change."""
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 from django.conf import settings
@@ -11,10 +13,11 @@ from django.http import HttpRequest, HttpResponse
 
 from llmproxy.audit import Actor
 from llmproxy.audit.history import AuditHistoryMixin
+from llmproxy.errors import ServiceError
 
 from ..models import ModelPrice
-from ..prices import MODEL_RULE
-from ..services import PRICE_FIELDS, PriceEntry, price_delete, price_entry_check, price_set
+from ..prices import MODEL_RULE, clean_model, clean_price, clean_source
+from ..services import price_delete, price_set
 
 
 def usd(value: Decimal | None) -> str:
@@ -22,6 +25,13 @@ def usd(value: Decimal | None) -> str:
     if value is None:
         return "—"
     return f"{value:.2f}" if value == round(value, 2) else format(value.normalize(), "f")
+
+
+def _by_rule(rule: Callable, *args: object) -> Any:
+    try:
+        return rule(*args)
+    except ServiceError as error:
+        raise forms.ValidationError(error.text, code=error.code) from None
 
 
 class ModelPriceForm(forms.ModelForm):
@@ -43,23 +53,23 @@ class ModelPriceForm(forms.ModelForm):
             "source": "Where the figures come from and when you read them, e.g. “openai.com/api/pricing, 2026-11-05”.",
         }
 
-    def clean(self) -> dict:
-        """The service's rules, so a refusal shows beside its field; the values become those it will store."""
-        data = super().clean()
-        if self.errors:
-            return data
-        entry = price_entry_check(
-            PriceEntry(
-                model=data.get("model", self.instance.model),
-                input_per_million=data["input_per_million"],
-                cached_input_per_million=data["cached_input_per_million"],
-                output_per_million=data["output_per_million"],
-                source=data["source"],
-            )
-        )
-        for name in (*PRICE_FIELDS, "source", *(["model"] if "model" in data else [])):
-            data[name] = getattr(entry, name)
-        return data
+    # Each field by the service's own rule, so every refusal shows beside its field at once (the service checks
+    # them again when it saves).
+    def clean_model(self) -> str:
+        return _by_rule(clean_model, self.cleaned_data["model"])
+
+    def clean_input_per_million(self) -> Decimal:
+        return _by_rule(clean_price, self.cleaned_data["input_per_million"], "input_per_million")
+
+    def clean_cached_input_per_million(self) -> Decimal | None:
+        value = self.cleaned_data["cached_input_per_million"]
+        return None if value is None else _by_rule(clean_price, value, "cached_input_per_million")
+
+    def clean_output_per_million(self) -> Decimal:
+        return _by_rule(clean_price, self.cleaned_data["output_per_million"], "output_per_million")
+
+    def clean_source(self) -> str:
+        return _by_rule(clean_source, self.cleaned_data["source"])
 
 
 @admin.register(ModelPrice)
