@@ -23,17 +23,19 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 
 from llmproxy.errors import ServiceError
 
 from . import db
+from .models import ModelPrice
 
 logger = logging.getLogger(__name__)
 
 MODEL_MAX_LENGTH = 200
 SOURCE_MAX_LENGTH = 200
 DECIMAL_PLACES = 6
-MAX_PRICE = Decimal(10_000)  # USD per million tokens: a hundred times the dearest model there has been
+MAX_PRICE = Decimal(10_000)  # USD per million tokens: far above any model's price so far, so a typo stands out
 _QUANTUM = Decimal(1).scaleb(-DECIMAL_PLACES)
 
 # A name starts with a letter or digit and goes on with those and `. _ : @ + ~ -` (OpenAI's IDs, fine-tuned ones
@@ -152,22 +154,18 @@ class PriceTable:
 
 def read_price_table() -> PriceTable:
     """The table as the database has it now (one query)."""
-    from .models import ModelPrice
-
     rows = ModelPrice.objects.values_list(
         "model", "input_per_million", "cached_input_per_million", "output_per_million"
     )
     return PriceTable([Price(*row) for row in rows])
 
 
-def model_prices():
+def model_prices() -> QuerySet[ModelPrice]:
     """Every entry, by model (for lists)."""
-    from .models import ModelPrice
-
     return ModelPrice.objects.order_by("model")
 
 
-def model_price_for(model: str):
+def model_price_for(model: str) -> ModelPrice | None:
     """The entry that prices `model` now, as the database has it (not this process's copy)."""
     price = read_price_table().lookup(model)
     return None if price is None else model_prices().filter(model=price.model).first()
