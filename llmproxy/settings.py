@@ -244,6 +244,11 @@ PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", defau
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
 # Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).
 PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
+# Seconds each process keeps its copy of the model price table (proxy.prices): a price change is used by every
+# worker of every instance within this time; lookups never wait on the database.
+PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=5.0)
+if PRICE_CACHE_SECONDS < 0:
+    refuse_to_start("PRICE_CACHE_SECONDS must be 0 or more.")
 
 # --- Limits against hostile clients ----------------------------------------------------------------------------
 # Enforced by the server before a request reaches the app: the body limit in the ASGI layer (llmproxy.body_limit;

@@ -37,6 +37,9 @@ T = TypeVar("T")
 # Errors that say the connection (or the database) is gone, as opposed to a statement's own error.
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
+# The names of the database threads begin with this (proxy.prices reads on one directly when called from it).
+THREAD_NAME_PREFIX = "proxy-db"
+
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 
@@ -61,7 +64,7 @@ def _pool() -> ThreadPoolExecutor:
         # A waiting SQLite writer sleeps in steps of milliseconds: one thread per process queues statements instead.
         threads = 1 if connection.vendor == "sqlite" else settings.PROXY_DB_THREADS
         _executor = ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="proxy-db", initializer=_direct_connection
+            max_workers=threads, thread_name_prefix=THREAD_NAME_PREFIX, initializer=_direct_connection
         )
         _executor_pid = os.getpid()
     return _executor

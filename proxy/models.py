@@ -120,3 +120,31 @@ class UsageDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model or '(no model)'}: {self.requests} requests"
+
+
+class ModelPrice(models.Model):
+    """What a model's tokens cost, in US dollars per million tokens: every dollar figure of spend control rests on
+    these. `model` is a name, or a prefix pattern ending in `*` (see proxy.prices for how a price is chosen)."""
+
+    model = models.CharField(
+        max_length=200, unique=True, help_text="A model name (gpt-4o-2024-08-06) or a prefix pattern (gpt-4o*)."
+    )
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6, verbose_name="input ($ / 1M)")
+    cached_input_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        verbose_name="cached input ($ / 1M)",
+        help_text="Empty: cached input tokens cost as much as other input tokens.",
+    )
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6, verbose_name="output ($ / 1M)")
+    source = models.CharField(max_length=200, blank=True, help_text="Where the figures come from, and when.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+        verbose_name = "model price"
+
+    def __str__(self) -> str:
+        return self.model

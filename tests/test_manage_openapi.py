@@ -10,6 +10,8 @@ from auditlog.models import LogEntry
 from django.core.wsgi import get_wsgi_application
 from hypothesis import HealthCheck, settings
 
+from proxy.models import ModelPrice
+
 MANAGEMENT_TOKEN = "openapi-test-management-token"
 
 schema = schemathesis.openapi.from_wsgi("/manage/openapi.json", get_wsgi_application())
@@ -26,7 +28,13 @@ def existing(make_project, make_token) -> dict:
     project = make_project(name="Seeded")
     token = make_token(project, max_requests=5).token
     make_token(project, hours=1)
-    return {"project_id": str(project.pk), "token_id": str(token.pk), "event_id": LogEntry.objects.latest("pk").pk}
+    price = ModelPrice.objects.create(model="gpt-4o*", input_per_million=2.5, output_per_million=10)
+    return {
+        "project_id": str(project.pk),
+        "token_id": str(token.pk),
+        "event_id": LogEntry.objects.latest("pk").pk,
+        "model": price.model,
+    }
 
 
 def _point_at_existing(case, existing: dict) -> None:

@@ -5,12 +5,13 @@ from datetime import date
 from django.conf import settings
 
 from projects.keys import API_KEY_RE, INVALID_API_KEY
+from proxy.prices import MAX_PRICE, MODEL_MAX_LENGTH, MODEL_PATTERN, MODEL_RULE, SOURCE_MAX_LENGTH
 from proxy.selectors import USAGE_GROUPS, utc_today
 from tokens.models import TokenStatus
 
 from .errors import invalid
 from .selectors import AUDIT_ACTIONS, AUDIT_OBJECT_TYPES
-from .validation import Body, Boolean, Choice, Date, DateTime, Integer, Query, String, Uuid
+from .validation import Body, Boolean, Choice, Date, DateTime, DecimalNumber, Integer, Query, String, Uuid
 
 MAX_PAGE = 1_000_000
 DEFAULT_PAGE_SIZE = 20
@@ -166,3 +167,48 @@ def usage_period(query: dict) -> tuple[date, date]:
     if (end - start).days >= USAGE_MAX_DAYS:
         raise invalid("to", f"the period from from to to must be at most {USAGE_MAX_DAYS} days", "range_too_long")
     return start, end
+
+
+# The model of a price entry, as the path of /manage/prices/{model} names it (URL-encoded: `gpt-4o%2A`).
+PRICE_MODEL = String(
+    description=f"The entry's model: {MODEL_RULE}.",
+    max_length=MODEL_MAX_LENGTH,
+    pattern=MODEL_PATTERN,
+    pattern_message=f"model must be {MODEL_RULE}",
+)
+
+PRICE_LIST = Query(
+    {
+        "model": String(
+            description="Only the entry that prices this model: the one of its exact name, else the longest pattern "
+            "it starts with (none if no entry matches).",
+            max_length=MODEL_MAX_LENGTH,
+        ),
+        **PAGING,
+    }
+)
+
+
+def _price(description: str, *, nullable: bool = False) -> DecimalNumber:
+    return DecimalNumber(
+        description=f"{description} US dollars per million tokens, as a number or a decimal string; stored rounded to "
+        "6 decimal places.",
+        maximum=MAX_PRICE,
+        nullable=nullable,
+    )
+
+
+PRICE_SET = Body(
+    {
+        "input_per_million": _price("Input tokens:"),
+        "cached_input_per_million": _price(
+            "Cached input tokens (null or left out: priced as other input tokens):", nullable=True
+        ),
+        "output_per_million": _price("Output tokens:"),
+        "source": String(
+            description="Where the figures come from, and when (e.g. `openai.com/api/pricing, 2026-11-05`).",
+            max_length=SOURCE_MAX_LENGTH,
+        ),
+    },
+    required=("input_per_million", "output_per_million"),
+)

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from proxy.prices import DECIMAL_PLACES
 from tokens.models import TokenStatus
 
 from . import inputs
@@ -12,6 +13,12 @@ _DATETIME = {"type": "string", "format": "date-time"}
 _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _UUID = {"type": "string", "format": "uuid"}
 _DATE = {"type": "string", "format": "date"}
+_PRICE = {
+    "type": "string",
+    "pattern": "^[0-9]+(\\.[0-9]+)?$",
+    "description": f"US dollars per million tokens, exact (at most {DECIMAL_PLACES} decimal places), as a decimal "
+    "string: `2.5`, `0.075`, `10`.",
+}
 _USAGE_SUMS = {
     "requests": {"type": "integer", "minimum": 0},
     "errors": {"type": "integer", "minimum": 0, "description": "Requests answered with status 400 or more."},
@@ -132,7 +139,10 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "integer"},
             "timestamp": _DATETIME,
             "action": {"type": "string", "enum": list(AUDIT_ACTIONS)},
-            "object_type": {"type": "string", "description": "project, token, minting_key (or another model)."},
+            "object_type": {
+                "type": "string",
+                "description": "project, token, minting_key, model_price (or another model).",
+            },
             "object_id": {"type": "string"},
             "object_repr": {"type": "string"},
             "project_id": {"type": ["string", "null"], "description": "The project the change concerns."},
@@ -167,6 +177,21 @@ _SCHEMAS: dict[str, Any] = {
     "UsageByModel": _object(
         {"model": {"type": "string", "description": "Empty for requests that named no model."}, **_USAGE_SUMS}
     ),
+    "ModelPrice": _object(
+        {
+            "model": {"type": "string", "description": "A model name, or a prefix pattern ending in `*`."},
+            "input_per_million": _PRICE,
+            "cached_input_per_million": {
+                **_PRICE,
+                "type": ["string", "null"],
+                "description": "null: cached input tokens are priced as other input tokens.",
+            },
+            "output_per_million": _PRICE,
+            "source": {"type": "string", "description": "Where the figures come from, and when."},
+            "updated_at": _DATETIME,
+        }
+    ),
+    "ModelPriceList": _list("ModelPrice", "prices"),
     "UsageSummary": _object(
         {
             "from": _DATE,
@@ -222,16 +247,21 @@ def build_document() -> dict[str, Any]:
     project_id = _path_id("project_id", "Project ID.")
     token_id = _path_id("token_id", "Token ID.")
     event_id = _path_id("event_id", "Audit event ID.", {"type": "integer", "minimum": 1})
+    price_model = _path_id(
+        "model",
+        "The entry's model, URL-encoded (`gpt-4o%2A` for `gpt-4o*`).",
+        inputs.PRICE_MODEL.schema(),
+    )
     body_errors = ("400", "413")
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "LLM Proxy management API",
             "version": "1",
-            "description": "Projects, tokens, the audit trail and usage, for scripts and for programs that mint "
-            "their own tokens. Authenticate with `Authorization: Bearer <MANAGEMENT_TOKEN>` for everything, or with a "
-            "project's minting key (`mk-…`) to create, list, read and revoke that project's tokens and read its "
-            "usage only.",
+            "description": "Projects, tokens, the audit trail, usage and model prices, for scripts and for programs "
+            "that mint their own tokens. Authenticate with `Authorization: Bearer <MANAGEMENT_TOKEN>` for everything, "
+            "or with a project's minting key (`mk-…`) to create, list, read and revoke that project's tokens, read its "
+            "usage and read the model prices only.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
@@ -336,6 +366,43 @@ def build_document() -> dict[str, Any]:
                     "default; another project_id is 403).",
                 ),
             },
+            "/manage/prices": {
+                "get": _operation(
+                    "List model prices (by model)",
+                    {"200": _json(_ref("ModelPriceList"), "A page of price entries.")},
+                    errors=("400",),
+                    parameters=inputs.PRICE_LIST.parameters(),
+                    description="Any credential, minting keys too. A request's model is priced by the entry of "
+                    "exactly that name, else by the longest pattern (`gpt-4o*`) it starts with; `model=…` answers "
+                    "just that entry (no entry if none matches). Every worker uses a change within "
+                    "PRICE_CACHE_SECONDS.",
+                ),
+            },
+            "/manage/prices/{model}": {
+                "parameters": [price_model],
+                "get": _operation(
+                    "Read the entry of exactly this model or pattern",
+                    {"200": _json(_ref("ModelPrice"), "The entry.")},
+                    errors=("404",),
+                ),
+                "put": _operation(
+                    "Set the prices of a model or pattern",
+                    {
+                        "200": _json(_ref("ModelPrice"), "Updated (or already so)."),
+                        "201": _json(_ref("ModelPrice"), "Created."),
+                    },
+                    errors=(*body_errors, "403"),
+                    body="PriceSet",
+                    description="Creates the entry or replaces its prices and source (a field left out is "
+                    "null or empty). Management token only.",
+                ),
+                "delete": _operation(
+                    "Delete the entry of exactly this model or pattern",
+                    {"204": {"description": "Deleted."}},
+                    errors=("403", "404"),
+                    description="Management token only.",
+                ),
+            },
             "/manage/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -358,6 +425,7 @@ def build_document() -> dict[str, Any]:
                 "ProjectUpdate": inputs.PROJECT_UPDATE.schema(),
                 "TokenCreate": inputs.TOKEN_CREATE.schema(),
                 "TokenUpdate": inputs.TOKEN_UPDATE.schema(),
+                "PriceSet": inputs.PRICE_SET.schema(),
             },
             "responses": {
                 f"E{status}": {

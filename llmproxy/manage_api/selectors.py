@@ -12,12 +12,18 @@ from django.db.models import CharField, F, Model, Q, QuerySet, Value
 from django.db.models.functions import Cast, Replace
 
 from projects.models import Project
+from proxy.models import ModelPrice
 from tokens.models import MintingKey, Token
 
 from .validation import UUID_RE
 
 # The API's names for what the audit trail records, both ways (serializers.py reads them the other way round).
-AUDIT_OBJECT_TYPES: dict[str, type[Model]] = {"project": Project, "token": Token, "minting_key": MintingKey}
+AUDIT_OBJECT_TYPES: dict[str, type[Model]] = {
+    "project": Project,
+    "token": Token,
+    "minting_key": MintingKey,
+    "model_price": ModelPrice,
+}
 AUDIT_ACTIONS = {
     "create": LogEntry.Action.CREATE,
     "update": LogEntry.Action.UPDATE,

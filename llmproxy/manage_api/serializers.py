@@ -1,11 +1,13 @@
 """The JSON shapes of the API's resources (field names follow the original tool's, so its clients keep working)."""
 
+from decimal import Decimal
 from typing import Any
 
 from auditlog.models import LogEntry
 from django.utils import timezone
 
 from projects.models import Project
+from proxy.models import ModelPrice
 from tokens.models import Token
 from tokens.services import IssuedToken
 
@@ -73,4 +75,20 @@ def audit_event_json(entry: LogEntry, project_id: str | None) -> dict[str, Any]:
         "via": extra.get("via"),
         "client_ip": entry.remote_addr,
         "changes": entry.changes if isinstance(entry.changes, dict) else None,
+    }
+
+
+def decimal_text(value: Decimal | None) -> str | None:
+    """Exact, without trailing zeros: "2.5", "0.075", "10"."""
+    return None if value is None else format(value.normalize(), "f")
+
+
+def price_json(price: ModelPrice) -> dict[str, Any]:
+    return {
+        "model": price.model,
+        "input_per_million": decimal_text(price.input_per_million),
+        "cached_input_per_million": decimal_text(price.cached_input_per_million),
+        "output_per_million": decimal_text(price.output_per_million),
+        "source": price.source,
+        "updated_at": price.updated_at,
     }

@@ -11,6 +11,8 @@ urlpatterns = [
     path("audit", views.AuditView.as_view()),
     path("audit/<str:event_id>", views.AuditDetailView.as_view()),
     path("usage", views.UsageView.as_view()),
+    path("prices", views.PricesView.as_view()),
+    path("prices/<str:model>", views.PriceDetailView.as_view()),
     path("openapi.json", views.OpenApiView.as_view()),
     re_path(r"^.*$", views.NotFoundView.as_view()),
 ]

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from .errors import ApiError, invalid
@@ -61,7 +62,8 @@ class Field:
     def schema(self) -> dict[str, Any]:
         schema = self.type_schema()
         if self.nullable:
-            schema["type"] = [schema["type"], "null"]
+            types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+            schema["type"] = [*types, "null"]
         if self.description:
             schema["description"] = self.description
         return schema
@@ -108,6 +110,41 @@ class Integer(Field):
             low, high = _bound(self.minimum), _bound(self.maximum)
             raise invalid(name, f"{name} must be between {low} and {high}", "out_of_range")
         return self.check(name, int(raw))
+
+
+@dataclass(frozen=True)
+class DecimalNumber(Field):
+    """A decimal from 0 to `maximum`, as a JSON number (2.5) or a decimal string ("2.50", kept exactly as written).
+
+    `maximum` is a power of ten, so the schema can bound strings too: at most that many digits before the point.
+    """
+
+    maximum: Decimal = Decimal(10)
+
+    def _pattern(self) -> str:
+        top = int(self.maximum)
+        return rf"[0-9]{{1,{len(str(top)) - 1}}}(?:\.[0-9]+)?|{top}(?:\.0+)?"
+
+    def type_schema(self) -> dict[str, Any]:
+        return {
+            "type": ["number", "string"],
+            "minimum": 0,
+            "maximum": int(self.maximum),
+            "pattern": f"^(?:{self._pattern()})$",
+        }
+
+    def check(self, name: str, value: Any) -> Decimal:
+        if isinstance(value, str):
+            if not re.fullmatch(self._pattern(), value):
+                message = f'{name} must be a decimal from 0 to {self.maximum}, like 2.5 or "2.50" (no exponent)'
+                raise invalid(name, message, "invalid_format")
+            return Decimal(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise invalid(name, f"{name} must be a number or a decimal string", "invalid_type")
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if not number.is_finite() or not 0 <= number <= self.maximum:
+            raise invalid(name, f"{name} must be between 0 and {self.maximum}", "out_of_range")
+        return number
 
 
 @dataclass(frozen=True)

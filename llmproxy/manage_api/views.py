@@ -15,7 +15,10 @@ from llmproxy.errors import ServiceError
 from projects.models import Project
 from projects.selectors import project_get, projects_by_name
 from projects.services import project_create, project_update
+from proxy.models import ModelPrice
+from proxy.prices import model_price_for, model_prices
 from proxy.selectors import usage_summary
+from proxy.services import price_delete, price_set
 from tokens.models import Token
 from tokens.selectors import token_get, tokens_newest_first
 from tokens.services import (
@@ -31,7 +34,7 @@ from . import inputs, selectors
 from .auth import Caller, authenticate
 from .errors import ApiError, from_service_error, not_found
 from .openapi import build_document
-from .serializers import audit_event_json, issued_token_json, project_json, token_json
+from .serializers import audit_event_json, issued_token_json, price_json, project_json, token_json
 from .validation import MAX_BODY_BYTES, UUID_RE
 
 logger = logging.getLogger(__name__)
@@ -300,6 +303,57 @@ class UsageView(ApiView):
         return JsonResponse(
             {"from": start, "to": end, "group_by": group_by, "rows": summary.rows, "totals": summary.totals}
         )
+
+
+class PricesView(ApiView):
+    """The model price table: any credential may read it (a program may want to know what its requests cost)."""
+
+    methods = ("GET",)
+
+    def get(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        query = inputs.PRICE_LIST.parse(request.GET)
+        if "model" in query:
+            found = model_price_for(query["model"])
+            prices = model_prices().filter(pk=found.pk) if found else model_prices().none()
+        else:
+            prices = model_prices()
+        page = selectors.paginate(prices, **_page(query))
+        return JsonResponse({"prices": [price_json(p) for p in page.items], "pagination": page.pagination()})
+
+
+class PriceDetailView(ApiView):
+    """One entry, by its model (a name or a pattern, URL-encoded in the path: `gpt-4o%2A`)."""
+
+    methods = ("GET", "PUT", "DELETE")
+
+    def _entry(self, model: str) -> ModelPrice:
+        price = model_prices().filter(model=model).first()
+        if price is None:
+            raise not_found("price")
+        return price
+
+    def get(self, request: HttpRequest, caller: Caller, model: str) -> JsonResponse:
+        return JsonResponse(price_json(self._entry(model)))
+
+    def put(self, request: HttpRequest, caller: Caller, model: str) -> JsonResponse:
+        caller.require_management_token()
+        model = inputs.PRICE_MODEL.parse("model", model)
+        data = inputs.PRICE_SET.parse(_body(request))
+        saved = price_set(
+            model=model,
+            input_per_million=data["input_per_million"],
+            cached_input_per_million=data.get("cached_input_per_million"),
+            output_per_million=data["output_per_million"],
+            source=data.get("source", ""),
+            actor=caller.actor,
+        )
+        return JsonResponse(price_json(saved.price), status=201 if saved.created else 200)
+
+    def delete(self, request: HttpRequest, caller: Caller, model: str) -> HttpResponse:
+        caller.require_management_token()
+        if not price_delete(model=model, actor=caller.actor):
+            raise not_found("price")
+        return HttpResponse(status=204)
 
 
 class OpenApiView(ApiView):

@@ -22,8 +22,8 @@ from llmproxy.admin_toolkit import InputFilter, LookaheadPaginator, ReadOnlyMixi
 from tokens.models import Token
 from tokens.selectors import token_search_filter
 
-from .models import UsageRecord
-from .templatetags.usage import status_badge
+from ..models import UsageRecord
+from ..templatetags.usage import status_badge
 
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 
