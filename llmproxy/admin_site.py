@@ -52,6 +52,7 @@ class LLMProxyAdminSite(admin.AdminSite):
         from tokens.selectors import token_counts
 
         from .audit.selectors import audit_recent_entries
+        from .health import usage_degraded
         from .security.selectors import login_lockout_count
 
         context = {
@@ -59,6 +60,7 @@ class LLMProxyAdminSite(admin.AdminSite):
             "token_counts": token_counts(),
             "recent_activity": audit_recent_entries(self.recent_activity_size),
             "login_lockouts": {"count": login_lockout_count(self.lockout_hours), "hours": self.lockout_hours},
+            "usage_degraded": usage_degraded(),
             "usage": {
                 "daily": usage_daily(days=self.usage_days),
                 "busiest_projects": busiest_projects(days=self.usage_days),

@@ -278,6 +278,8 @@ USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
 # Where each worker keeps usage records while the database cannot take them, until they are written (proxy.spill).
 # Local to the instance; it must survive a restart of the process (a volume, in a container).
 USAGE_SPILL_DIR = env.str("USAGE_SPILL_DIR", default=str(BASE_DIR / "data" / "spill"))
+# Budget alerts (a project's spend crossing 80 % and 100 % of its budget) are also posted here as JSON, when set.
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
 if USAGE_RETENTION_DAYS < 1:
     refuse_to_start("USAGE_RETENTION_DAYS must be at least 1.")
 

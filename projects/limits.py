@@ -9,7 +9,7 @@ instances serve the traffic.
 """
 
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import models
 
@@ -19,7 +19,7 @@ from llmproxy.errors import ServiceError
 BUDGET_MIN = Decimal("0.01")
 BUDGET_MAX = Decimal("1000000000000")
 BUDGET_PLACES = 6
-SPEND_PLACES = 10
+SPEND_PLACES = 12  # a cost has at most 12 (prices per million with 6: proxy.prices)
 PER_MINUTE_MAX = 1_000_000_000
 
 
@@ -30,10 +30,11 @@ class BudgetPeriod(models.TextChoices):
     TOTAL = "total", "Total (never resets)"
 
 
-def usd(amount: Decimal | None) -> str:
+def usd(amount: Decimal | int | None) -> str:
     """Dollars as an operator reads them: cents, or finer when less than a cent."""
     if amount is None:
         return "—"
+    amount = Decimal(amount)
     if amount and abs(amount) < Decimal("0.01"):
         return f"${amount.normalize():f}"
     return f"${amount.quantize(Decimal('0.01')):,}"
@@ -101,7 +102,7 @@ class SpendLimits(models.Model):
         max_digits=19, decimal_places=BUDGET_PLACES, null=True, blank=True, verbose_name="budget (USD)"
     )
     spent_usd = models.DecimalField(
-        max_digits=24, decimal_places=SPEND_PLACES, default=Decimal(0), editable=False, verbose_name="spent (USD)"
+        max_digits=26, decimal_places=SPEND_PLACES, default=Decimal(0), editable=False, verbose_name="spent (USD)"
     )
     rpm_minute = models.BigIntegerField(default=0, editable=False)
     rpm_count = models.PositiveIntegerField(default=0, editable=False)
@@ -141,10 +142,9 @@ def clean_budget(value: Decimal | int | str | None, field: str = "budget_usd") -
         amount = None
     if amount is None or not amount.is_finite():
         raise ServiceError("invalid_type", f"{field} must be an amount in US dollars (or null).", field=field)
+    amount = amount.quantize(Decimal(1).scaleb(-BUDGET_PLACES), rounding=ROUND_HALF_UP)
     if not BUDGET_MIN <= amount <= BUDGET_MAX:
         raise ServiceError("out_of_range", f"{field} must be from {BUDGET_MIN} to {BUDGET_MAX} (or null).", field=field)
-    if amount != amount.quantize(Decimal(1).scaleb(-BUDGET_PLACES)):
-        raise ServiceError("invalid", f"{field} must have at most {BUDGET_PLACES} decimal places.", field=field)
     return amount
 
 

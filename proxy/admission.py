@@ -51,7 +51,6 @@ class Allowance:
     tokens_limit: int | None = None
     tokens_remaining: int | None = None
     budgeted: bool = False  # a dollar budget applies (the token's or the project's): the model must have a price
-    counts_requests: bool = False  # a request limit applies: an upstream failure gives the request back
     project_minute: bool = False  # the project's minute was counted (it has a per-minute request limit)
 
     @property
@@ -214,7 +213,6 @@ def _admitted(row: tuple, now: datetime) -> Admission:
         tokens_limit=tokens_limit,
         tokens_remaining=tokens_remaining,
         budgeted=values["t_budget"] is not None or values["p_budget"] is not None,
-        counts_requests=bool(values["max_requests"] or t_rpm or p_rpm),
         project_minute=p_rpm is not None,
     )
     return Admission(

@@ -17,6 +17,14 @@ class TokenCounts:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None  # of the prompt tokens, those the upstream read from its prompt cache
+
+    @property
+    def used(self) -> int:
+        """What a per-minute token limit counts: prompt plus completion."""
+        if self.total_tokens is not None:
+            return self.total_tokens
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
 def counts_from(usage: object) -> TokenCounts | None:
@@ -31,10 +39,13 @@ def counts_from(usage: object) -> TokenCounts | None:
                 return value
         return None
 
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     counts = TokenCounts(
         prompt_tokens=number("prompt_tokens", "input_tokens"),
         completion_tokens=number("completion_tokens", "output_tokens"),
         total_tokens=number("total_tokens"),
+        cached_tokens=cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None,
     )
     if counts == TokenCounts():
         return None
@@ -107,44 +118,63 @@ class StreamUsage:
     """Finds the usage event of a server-sent-event stream as it passes, across any chunk boundaries.
 
     With `strip`, the client did not ask for usage: what asking added is taken out of what it receives, the usage
-    event and the `"usage":null` member of every other chunk, so it gets the bytes it would have had. Complete
-    events are passed on as soon as their end arrives; only an incomplete event is held, and a client cannot use
-    half an event anyway. Without `strip`, every chunk passes on at once, untouched.
+    event and the `"usage":null` member of every other chunk, so it gets the bytes it would have had. With `hold`,
+    the usage event (unless stripped) and everything after it are kept back until `release()`: the request is
+    charged first, so the client does not see its stream end before the charge counts. Complete events are passed on
+    as soon as their end arrives; only an incomplete event is held, and a client cannot use half an event anyway.
+    Without either, every chunk passes on at once, untouched.
     """
 
     MAX_PENDING = 1 << 20  # an "event" this long is no SSE event: stop looking
 
-    def __init__(self, *, strip: bool) -> None:
+    def __init__(self, *, strip: bool, hold: bool = False) -> None:
         self.strip = strip
+        self.hold = hold
         self.counts: TokenCounts | None = None
         self._pending = bytearray()
+        self._held = bytearray()
+        self._holding = False
         self._gave_up = False
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to send on for this chunk."""
         if self._gave_up:
-            return chunk
+            return self._out(chunk)
         self._pending += chunk
         end = _event_boundary(self._pending)
         complete = bytes(self._pending[:end])
         del self._pending[:end]
-        kept = self._scan(complete) if _USAGE_KEY in complete else complete
+        kept = self._scan(complete) if _USAGE_KEY in complete else self._out(complete)
         if len(self._pending) > self.MAX_PENDING:
             self._gave_up = True
-            kept += bytes(self._pending)
+            kept += self._out(bytes(self._pending))
             self._pending.clear()
-        return kept if self.strip else chunk
+        return kept if self.strip or self.hold else chunk
 
     def finish(self) -> bytes:
-        """What is still held when the stream ends (an unterminated last event)."""
+        """What is still held when the stream ends (an unterminated last event), but for what `hold` keeps."""
         rest = bytes(self._pending)
         self._pending.clear()
-        if rest and not self._gave_up and _USAGE_KEY in rest:
-            rest = self._pass(rest)
-        return rest if self.strip else b""
+        rest = self._scan(rest) if rest and not self._gave_up and _USAGE_KEY in rest else self._out(rest)
+        return rest if self.strip or self.hold else b""  # else every byte went on with its chunk already
+
+    def release(self) -> bytes:
+        """What `hold` kept back."""
+        held = bytes(self._held)
+        self._held.clear()
+        return held
+
+    def _out(self, data: bytes) -> bytes:
+        """Data on its way to the client: passed on, or kept back once the usage event has gone by (`hold`)."""
+        if self._holding:
+            self._held += data
+            return b""
+        return data
 
     def _scan(self, complete: bytes) -> bytes:
-        return b"".join(self._pass(event) if _USAGE_KEY in event else event for event in _split_events(complete))
+        return b"".join(
+            self._pass(event) if _USAGE_KEY in event else self._out(event) for event in _split_events(complete)
+        )
 
     def _pass(self, event: bytes) -> bytes:
         """What goes on of an event that names usage: with `strip`, nothing of the usage event (its counts are
@@ -153,7 +183,8 @@ class StreamUsage:
         counts = _usage_in(document)
         if counts is not None:
             self.counts = counts
-            return b"" if self.strip else event
+            self._holding = self.hold
+            return b"" if self.strip else self._out(event)
         if self.strip and isinstance(document, dict) and "usage" in document and document["usage"] is None:
-            return _without_null_usage(event)
-        return event
+            return self._out(_without_null_usage(event))
+        return self._out(event)

@@ -85,12 +85,21 @@ def upstream_request_headers(
     return headers
 
 
-def client_response_headers(upstream_headers: list[tuple[bytes, bytes]], *, body_rewritten: bool) -> dict[str, str]:
-    """The upstream's response headers to pass back. Repeated headers are joined (Django keeps one of each)."""
+def client_response_headers(
+    upstream_headers: list[tuple[bytes, bytes]], *, body_rewritten: bool, own_rate_limits: bool = False
+) -> dict[str, str]:
+    """The upstream's response headers to pass back. Repeated headers are joined (Django keeps one of each).
+
+    With `own_rate_limits`, the upstream's `x-ratelimit-*` (the company's account) give way to the caller's own.
+    """
     headers: dict[str, str] = {}
     for raw_name, raw_value in upstream_headers:
         name = raw_name.lower()
-        if name in _RESPONSE_DROP or (body_rewritten and name == b"content-length"):
+        if (
+            name in _RESPONSE_DROP
+            or (body_rewritten and name == b"content-length")
+            or (own_rate_limits and name.startswith(b"x-ratelimit-"))
+        ):
             if name == b"x-request-id":
                 headers["X-Upstream-Request-ID"] = raw_value.decode("latin-1")
             continue

@@ -10,7 +10,7 @@ from django.db import connections, models
 from django.db.models.sql import Query
 
 DAILY_KEY = ("day", "project", "token", "model")
-DAILY_SUMS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens")
+DAILY_SUMS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd")
 
 
 def daily_sums(rows: Iterable[dict]) -> dict[tuple[date, UUID | None, UUID | None, str], list[int]]:
@@ -25,6 +25,7 @@ def daily_sums(rows: Iterable[dict]) -> dict[tuple[date, UUID | None, UUID | Non
         sums[3] += row.get("prompt_tokens") or 0
         sums[4] += row.get("completion_tokens") or 0
         sums[5] += row.get("total_tokens") or 0
+        sums[6] += row.get("cost_usd") or 0
     return groups
 
 

@@ -62,6 +62,10 @@ STREAMS_IN_FLIGHT = Gauge(
     "llmproxy_streams_in_flight", "Streamed responses being relayed right now.", multiprocess_mode="livesum"
 )
 REFUSALS = Counter("llmproxy_refusals", "Requests the proxy refused itself, by refusal code.", ["code"])
+BUDGET_ALERTS = Counter(
+    "llmproxy_budget_alerts", "Project budgets crossing 80 or 100 % in a period.", ["project", "threshold"]
+)
+COST = Counter("llmproxy_cost_usd", "What requests cost, in US dollars, at the models' prices.", ["project", "model"])
 USAGE_BACKLOG = Gauge(
     "llmproxy_usage_backlog",
     "Usage records not in the database yet: waiting, being written, or kept in spill files.",
@@ -150,6 +154,8 @@ def count(row: dict, project: str) -> None:
         PROMPT_TOKENS.labels(project, model).inc(row["prompt_tokens"])
     if row.get("completion_tokens"):
         COMPLETION_TOKENS.labels(project, model).inc(row["completion_tokens"])
+    if row.get("cost_usd"):
+        COST.labels(project, model).inc(float(row["cost_usd"]))
     if row["refusal_code"]:
         REFUSALS.labels(row["refusal_code"]).inc()
 

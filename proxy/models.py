@@ -40,6 +40,17 @@ class UsageRecord(models.Model):
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Of the prompt tokens, those the upstream read from its prompt cache."
+    )
+    cost_usd = models.DecimalField(
+        max_digits=20,
+        decimal_places=12,
+        null=True,
+        blank=True,
+        verbose_name="cost (USD)",
+        help_text="The reported usage at the model's price at the time; blank when the model had no price.",
+    )
     duration_ms = models.FloatField(help_text="From arrival to the last byte sent (or the cut).")
     ttfb_ms = models.FloatField(null=True, blank=True, help_text="From arrival to the first body byte sent.")
     upstream_ms = models.FloatField(null=True, blank=True, help_text="From sending upstream to its last byte.")
@@ -100,6 +111,7 @@ class UsageDaily(models.Model):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     total_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=26, decimal_places=12, default=0, verbose_name="cost (USD)")
 
     objects = UsageDailyManager()
 
@@ -148,3 +160,31 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return self.model
+
+
+class BudgetAlert(models.Model):
+    """A project's spend crossed a threshold of its budget (80 or 100 %) in a budget period: one row each, written by
+    whichever usage writer saw it first (see proxy.alerts)."""
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="budget_alerts")
+    period = models.CharField(max_length=8)
+    period_key = models.BigIntegerField()
+    period_start = models.DateField(null=True, blank=True, help_text="Blank for a total budget.")
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the budget.")
+    budget_usd = models.DecimalField(max_digits=19, decimal_places=6)
+    spent_usd = models.DecimalField(max_digits=26, decimal_places=12)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True, help_text="When ALERT_WEBHOOK_URL took it.")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    delivery_error = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "period", "period_key", "threshold"], name="budgetalert_once_per_period"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} reached {self.threshold}% of its {self.period} budget"

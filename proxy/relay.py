@@ -1,19 +1,34 @@
-"""Passing the upstream's response body on to the client as it arrives, and recording the request at its end.
+"""Passing the upstream's response body on to the client as it arrives, settling and recording the request at its
+end.
 
 Nothing is buffered: each chunk read from the upstream is handed on before the next read. Usage is read from the
 bytes as they pass (a bounded tail for JSON, the usage event for server-sent events). When the client goes away,
 Django cancels the response; the upstream request is closed at once and the record says the client aborted.
+
+A request with something to settle (`Settlement`: its tokens and cost to charge because a limit depends on them, or
+its count to give back because the upstream failed) keeps back the end of its response until that is done, so a
+client that sends its next request when this one ends finds the limits as they now are: for a stream, the usage
+event and what follows it (the last events); for any other body, its last chunk (the chunks before it go on as they
+come).
 """
 
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from decimal import Decimal
+from uuid import UUID
 
 import httpx
+import psycopg
+from django.db import DatabaseError
+from psycopg_pool import PoolTimeout
 
-from . import metrics
-from .counting import StreamUsage
+from . import metrics, settlement
+from .admission import Allowance
+from .counting import StreamUsage, TokenCounts, counts_from_json_tail
 from .exchange import Exchange
+from .prices import Price
 
 logger = logging.getLogger(__name__)
 
@@ -24,24 +39,49 @@ class UpstreamInterrupted(Exception):
     """The upstream broke off mid-body: the client's connection is cut too, so the truncation shows."""
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """What an admitted request's end settles before the client sees the end (see proxy.settlement)."""
+
+    allowance: Allowance
+    token_id: UUID
+    project_id: UUID
+    price: Price | None  # the model's price, when it has one
+    give_back: bool  # the upstream failed (5xx): the request's count is given back instead of charging
+
+
+SETTLE_ERRORS = (DatabaseError, psycopg.Error, PoolTimeout)
+
+
 class Relay:
     def __init__(
-        self, exchange: Exchange, upstream: httpx.Response, *, sent_at: float, stream_usage: StreamUsage | None
+        self,
+        exchange: Exchange,
+        upstream: httpx.Response,
+        *,
+        sent_at: float,
+        stream_usage: StreamUsage | None,
+        settle: Settlement | None = None,
     ) -> None:
         self.exchange = exchange
         self.upstream = upstream
         self.sent_at = sent_at
         self.stream_usage = stream_usage
+        self.settle = settle
         content_type = upstream.headers.get("content-type", "")
         self.json_tail: bytearray | None = bytearray() if content_type.startswith("application/json") else None
         self.first_byte_at: float | None = None
         self.finished = False
+        self.settled = False
+        self.cost_usd: Decimal | None = None
+        self.charged = False
         if stream_usage is not None:
             metrics.STREAMS_IN_FLIGHT.inc()
 
     async def body(self):
         """The async iterator Django's StreamingHttpResponse sends."""
         aborted = cut = False
+        held = b""  # the last chunk of a body whose end waits for the settlement
         try:
             async for chunk in self.upstream.aiter_raw():
                 if self.json_tail is not None:
@@ -50,12 +90,23 @@ class Relay:
                         del self.json_tail[:-JSON_TAIL_BYTES]
                 if self.stream_usage is not None:
                     chunk = self.stream_usage.feed(chunk)
+                elif self.settle is not None:
+                    chunk, held = held, chunk
                 if chunk:
                     if self.first_byte_at is None:
                         self.first_byte_at = time.perf_counter()
                     yield chunk
-            if self.stream_usage is not None and (rest := self.stream_usage.finish()):
-                yield rest
+            if self.stream_usage is not None:
+                held = self.stream_usage.finish()
+                if self.settle is not None:
+                    await self._settle()
+                held += self.stream_usage.release()
+            elif self.settle is not None:
+                await self._settle()
+            if held:
+                if self.first_byte_at is None:
+                    self.first_byte_at = time.perf_counter()
+                yield held
         except asyncio.CancelledError:
             aborted = True
             raise
@@ -84,8 +135,41 @@ class Relay:
             metrics.STREAMS_IN_FLIGHT.dec()
         try:
             await self.upstream.aclose()
+            if self.settle is not None:
+                await self._settle()  # a cut or abandoned response is settled all the same, after its end
         finally:
             self._record(ended, aborted, cut)
+
+    def counts(self) -> TokenCounts | None:
+        if self.stream_usage is not None:
+            return self.stream_usage.counts
+        return counts_from_json_tail(bytes(self.json_tail)) if self.json_tail else None
+
+    async def _settle(self) -> None:
+        """Give back the request's count (the upstream failed), or charge its tokens and cost. A database failure
+        here costs nothing but the timing: the usage writer charges what was not charged, with the record."""
+        if self.settled:
+            return
+        self.settled = True
+        settle = self.settle
+        try:
+            if settle.give_back:
+                await settlement.give_back_async(settle.token_id, settle.project_id, settle.allowance)
+                return
+            counts = self.counts()
+            if counts is None:
+                return
+            if settle.price is not None:
+                self.cost_usd = settle.price.cost(
+                    input_tokens=counts.prompt_tokens or 0,
+                    cached_input_tokens=counts.cached_tokens or 0,
+                    output_tokens=counts.completion_tokens or 0,
+                )
+            charge = settlement.Charge(settle.token_id, settle.project_id, self.cost_usd or Decimal(0), counts.used)
+            await settlement.charge_async(charge)
+            self.charged = True
+        except SETTLE_ERRORS as exc:
+            logger.warning("could not settle request %s now (%s)", self.exchange.request_id, type(exc).__name__)
 
     def _record(self, ended: float, aborted: bool, cut: bool) -> None:
         exchange = self.exchange
@@ -99,4 +183,6 @@ class Relay:
             upstream_aborted=cut,
             counts=self.stream_usage.counts if self.stream_usage is not None else None,
             json_tail=bytes(self.json_tail) if self.json_tail else None,
+            cost_usd=self.cost_usd,
+            charged=self.charged,
         )

@@ -6,10 +6,11 @@ the usage records, so pages stay fast at millions of records and figures survive
 
 import datetime
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from django.db.models import QuerySet, Sum
+from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
 from projects.models import Project
@@ -25,6 +26,7 @@ class DayUsage:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,10 @@ class UsageTotals:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: Decimal = Decimal(0)
 
 
-SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens")
+SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
 def utc_today() -> datetime.date:
@@ -185,9 +188,51 @@ def usage_summary(
         result = [{"model": row["model"], **_reported(row)} for row in grouped]
     else:
         raise ValueError(f"group_by must be one of {USAGE_GROUPS}")
-    totals = {name: sum(row[name] for row in result) for name in REPORTED}
+    totals = {name: sum((row[name] for row in result), Decimal(0) if name == "cost_usd" else 0) for name in REPORTED}
     return UsageSummary(rows=result, totals=totals)
 
 
-def _reported(row: dict[str, Any]) -> dict[str, int]:
-    return {name: row.get(f"sum_{name}") or 0 for name in REPORTED}
+def _reported(row: dict[str, Any]) -> dict[str, int | Decimal]:
+    return {name: row.get(f"sum_{name}") or (Decimal(0) if name == "cost_usd" else 0) for name in REPORTED}
+
+
+# --- spend ------------------------------------------------------------------------------------------------------
+
+NEAR_BUDGET = Decimal("0.8")
+
+
+def top_spenders(key: str, objects: QuerySet, since: datetime.date, limit: int = 5) -> list[tuple[Any, Decimal]]:
+    """(object, cost) of the `key` ("project_id"/"token_id") that cost the most since `since`."""
+    rows = list(
+        _daily(since=since)
+        .filter(**{f"{key}__isnull": False, "cost_usd__gt": 0})
+        .values(key)
+        .annotate(spent=Sum("cost_usd"))
+        .order_by("-spent", key)[:limit]
+    )
+    found = objects.in_bulk([row[key] for row in rows])
+    return [(found[r[key]], r["spent"]) for r in rows if r[key] in found]
+
+
+def spend_overview(limit: int = 5) -> dict:
+    """For the dashboard: who is past 80 % of a budget, and who spent the most this month (UTC)."""
+    now = timezone.now()
+    projects = [
+        (project, project.spent_in_period(now))
+        for project in Project.objects.filter(budget_usd__isnull=False).order_by("name")
+        if project.spent_in_period(now) >= project.budget_usd * NEAR_BUDGET
+    ]
+    tokens = list(
+        Token.objects.usable(now)
+        .filter(budget_usd__isnull=False, spent_usd__gte=F("budget_usd") * NEAR_BUDGET)
+        .select_related("project")
+        .order_by("-spent_usd")[:limit]
+    )
+    month = utc_today().replace(day=1)
+    return {
+        "near_budget_projects": projects,
+        "near_budget_tokens": tokens,
+        "month": month,
+        "top_projects": top_spenders("project_id", Project.objects.all(), month, limit),
+        "top_tokens": top_spenders("token_id", Token.objects.select_related("project"), month, limit),
+    }

@@ -28,6 +28,7 @@ from projects.models import Project
 from tokens.models import Token
 
 from . import db
+from .admission import Allowance
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,15 @@ def _postgresql(statements: tuple[str, str]) -> str:
     return f"WITH a AS ({first} RETURNING 1), b AS ({second} RETURNING 1) SELECT (SELECT count(*) FROM a)"
 
 
-def _charge_params(charge: Charge, now: datetime) -> dict:
+def _id(value: UUID | None, vendor_ready: bool) -> object:
+    """An id as the database takes it in raw SQL: SQLite keeps UUIDs as 32 hex digits, PostgreSQL as uuid."""
+    return value if vendor_ready or value is None else Token._meta.pk.get_db_prep_value(value, connection)
+
+
+def _charge_params(charge: Charge, now: datetime, raw: bool = False) -> dict:
     return {
-        "token": charge.token_id,
-        "project": charge.project_id,
+        "token": _id(charge.token_id, raw),
+        "project": _id(charge.project_id, raw),
         "cost": charge.cost_usd,
         "tokens": charge.tokens,
         "minute": minute_key(now),
@@ -98,9 +104,15 @@ def charge(charges: list[Charge], now: datetime | None = None) -> None:
             cursor.execute(project_sql, params)
 
 
-def give_back(token_id: UUID, project_id: UUID, minute: int) -> None:
+def _give_back_params(token_id: UUID, project_id: UUID, allowance: Allowance, raw: bool = False) -> dict:
+    # The project's minute was counted only if the project had a per-minute request limit (see proxy.admission).
+    project = project_id if allowance.project_minute else None
+    return {"token": _id(token_id, raw), "project": _id(project, raw), "minute": allowance.minute}
+
+
+def give_back(token_id: UUID, project_id: UUID, allowance: Allowance) -> None:
     token_sql, project_sql = _give_back_sql()
-    params = {"token": token_id, "project": project_id, "minute": minute}
+    params = _give_back_params(token_id, project_id, allowance)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(token_sql, params)
         cursor.execute(project_sql, params)
@@ -111,13 +123,13 @@ async def charge_async(item: Charge) -> None:
     if not db.is_postgresql():
         await db.run(charge, [item])
         return
-    params = _charge_params(item, timezone.now())
+    params = _charge_params(item, timezone.now(), raw=True)
     await db.on_loop_connection(lambda conn: conn.execute(_postgresql(_charge_sql()), params))
 
 
-async def give_back_async(token_id: UUID, project_id: UUID, minute: int) -> None:
+async def give_back_async(token_id: UUID, project_id: UUID, allowance: Allowance) -> None:
     if not db.is_postgresql():
-        await db.run(give_back, token_id, project_id, minute)
+        await db.run(give_back, token_id, project_id, allowance)
         return
-    params = {"token": token_id, "project": project_id, "minute": minute}
+    params = _give_back_params(token_id, project_id, allowance, raw=True)
     await db.on_loop_connection(lambda conn: conn.execute(_postgresql(_give_back_sql()), params))

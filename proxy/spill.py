@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
 
@@ -22,11 +23,12 @@ logger = logging.getLogger(__name__)
 
 _DATETIMES = frozenset({"time"})
 _UUIDS = frozenset({"uid", "project_id", "token_id"})
+_DECIMALS = frozenset({"cost_usd"})
 
 
 def _encode(row: dict) -> str:
     return json.dumps(
-        {name: str(value) if isinstance(value, UUID | datetime) else value for name, value in row.items()},
+        {name: str(value) if isinstance(value, UUID | datetime | Decimal) else value for name, value in row.items()},
         separators=(",", ":"),
         ensure_ascii=False,
     )
@@ -39,6 +41,9 @@ def _decode(line: str) -> dict:
     for name in _UUIDS & row.keys():
         if row[name] is not None:
             row[name] = UUID(row[name])
+    for name in _DECIMALS & row.keys():
+        if row[name] is not None:
+            row[name] = Decimal(row[name])
     if row.get("security_event") is not None:
         row["security_event"] = tuple(row["security_event"])
     return row

@@ -21,10 +21,10 @@ from psycopg_pool import PoolTimeout
 from projects import crypto
 from tokens import secret
 
-from . import admission, cors, endpoints, errors, headers, payload, upstream
+from . import admission, cors, endpoints, errors, headers, payload, prices, settlement, upstream
 from .counting import StreamUsage
 from .exchange import Exchange, read_headers, token_prefix
-from .relay import Relay
+from .relay import SETTLE_ERRORS, Relay, Settlement
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,16 @@ async def forward(request: HttpRequest, path: str) -> HttpResponse:
         # refusal. Its traceback is logged here, once (Django's own line about the 500 is dropped: access_log).
         logger.exception("unexpected error on request %s", exchange.request_id)
         return exchange.refuse(errors.internal_error())
+
+
+async def _give_back_and_refuse(exchange: Exchange, admitted: admission.Admission, refusal) -> HttpResponse:
+    """A request admission counted is refused after all (or failed upstream): its count is given back first, so it
+    uses up no quota, then the refusal goes out."""
+    try:
+        await settlement.give_back_async(admitted.token_id, admitted.project_id, admitted.allowance)
+    except SETTLE_ERRORS as exc:
+        logger.warning("could not give back request %s (%s)", exchange.request_id, type(exc).__name__)
+    return exchange.refuse(refusal)
 
 
 def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpResponse:
@@ -103,14 +113,21 @@ async def _forward(
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
     if admitted.refusal is not None:
         return exchange.refuse(admitted.refusal)
+    allowance = admitted.allowance
     try:
         api_key = _upstream_key(admitted.api_key_ciphertext)
     except crypto.KeyDecryptionError:
         logger.error("the upstream key of project %s cannot be decrypted with ENCRYPTION_KEYS", admitted.project_id)
-        return exchange.refuse(errors.upstream_key_unusable())
+        return await _give_back_and_refuse(exchange, admitted, errors.upstream_key_unusable())
 
     sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path)
     exchange.model = sent.model
+    price = None
+    if allowance.charges_before_end:
+        price = (await prices.price_table()).lookup(sent.model)
+        if price is None and allowance.budgeted and sent.model:
+            # An unknown cost would slip past the budget: refused before it leaves (the count given back).
+            return await _give_back_and_refuse(exchange, admitted, errors.model_not_priced(sent.model))
     forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
     upstream_request = upstream.build_request(
         method,
@@ -122,23 +139,30 @@ async def _forward(
     try:
         response = await upstream.send(upstream_request)
     except httpx.TimeoutException:
-        return exchange.refuse(errors.upstream_timeout())
+        return await _give_back_and_refuse(exchange, admitted, errors.upstream_timeout())
     except httpx.HTTPError as exc:
         logger.warning("upstream unreachable for request %s: %s", exchange.request_id, type(exc).__name__)
-        return exchange.refuse(errors.upstream_unreachable())
+        return await _give_back_and_refuse(exchange, admitted, errors.upstream_unreachable())
     headers_at = time.perf_counter()
 
     is_event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
     strip = is_event_stream and sent.usage_injected
-    relay = Relay(
-        exchange, response, sent_at=sent_at, stream_usage=StreamUsage(strip=strip) if is_event_stream else None
-    )
+    give_back = response.status_code >= 500  # the upstream failed: the request is not counted
+    settle = None
+    if give_back or allowance.charges_before_end:
+        settle = Settlement(allowance, admitted.token_id, admitted.project_id, price, give_back=give_back)
+    stream_usage = None
+    if is_event_stream:
+        stream_usage = StreamUsage(strip=strip, hold=settle is not None and not give_back)
+    relay = Relay(exchange, response, sent_at=sent_at, stream_usage=stream_usage, settle=settle)
     relay.watch(asyncio.current_task())
     client_response = StreamingHttpResponse(relay.body(), status=response.status_code)
     del client_response["Content-Type"]  # only what the upstream sent
-    for name, value in headers.client_response_headers(response.headers.raw, body_rewritten=strip).items():
-        client_response[name] = value
-    for name, value in exchange.headers().items():
+    own_limits = allowance.headers()
+    upstream_headers = headers.client_response_headers(
+        response.headers.raw, body_rewritten=strip, own_rate_limits=bool(own_limits)
+    )
+    for name, value in (upstream_headers | own_limits | exchange.headers()).items():
         client_response[name] = value
     client_response["Server-Timing"] = (
         f"proxy;dur={(sent_at - exchange.started) * 1000:.2f}, upstream;dur={(headers_at - sent_at) * 1000:.2f}"

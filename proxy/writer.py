@@ -29,6 +29,7 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
 
@@ -39,8 +40,11 @@ from llmproxy.security.events import Occurrence, record_security_events
 from llmproxy.security.scrub import scrub_secrets
 
 from . import access_log, db, metrics, spill
+from .alerts import announce, check_budgets
 from .counting import TokenCounts, counts_from_json_tail
 from .models import UsageDaily, UsageRecord
+from .prices import price_table_sync
+from .settlement import Charge, charge
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ class Record:
     counts: TokenCounts | None = None
     json_tail: bytes | None = None  # parsed in the writer thread, not on the event loop
     security_event: tuple[str, str] | None = None  # (kind, reason) when the refusal is a security event
+    cost_usd: Decimal | None = None  # known when the relay charged it; else the writer prices it
+    charged: bool = False  # the relay charged the token and project already (see proxy.settlement)
 
 
 _COPIED = tuple(f.name for f in fields(Record) if f.name not in ("counts", "json_tail"))
@@ -87,16 +93,40 @@ def _row(record: Record) -> dict:
     row["uid"] = uuid.uuid4()
     if counts is not None:
         row.update(vars(counts))
+        if row["cost_usd"] is None and (price := price_table_sync().lookup(row["model"])) is not None:
+            row["cost_usd"] = price.cost(
+                input_tokens=counts.prompt_tokens or 0,
+                cached_input_tokens=counts.cached_tokens or 0,
+                output_tokens=counts.completion_tokens or 0,
+            )
     return row
 
 
+def _charges(rows: list[dict]) -> list[Charge]:
+    """What rows the relay did not charge add to their tokens and projects, one charge per token."""
+    summed: dict[tuple, list] = {}
+    for row in rows:
+        if row.get("charged") or row["token_id"] is None:
+            continue
+        used = TokenCounts(row.get("prompt_tokens"), row.get("completion_tokens"), row.get("total_tokens")).used
+        if row.get("cost_usd") or used:
+            entry = summed.setdefault((row["token_id"], row["project_id"]), [Decimal(0), 0])
+            entry[0] += row.get("cost_usd") or 0
+            entry[1] += used
+    return [Charge(token, project, cost, used) for (token, project), (cost, used) in summed.items()]
+
+
 def store(rows: list[dict]) -> int:
-    """Write rows not written yet: the records, their per-day sums and their security events, in one transaction.
-    Returns how many were new. Runs on a database thread (or a test's own)."""
+    """Write rows not written yet: the records, their per-day sums, the charges the relay did not make, the budget
+    alerts they cause and their security events, in one transaction. Returns how many were new. Runs on a database
+    thread (or a test's own)."""
     with transaction.atomic():
         new_uids = UsageRecord.objects.insert_new(rows)
         new = [row for row in rows if row["uid"] in new_uids]
         UsageDaily.objects.add(new)
+        if charges := _charges(new):
+            charge(charges)
+        alerts = check_budgets({row["project_id"] for row in new if row["project_id"] and row.get("cost_usd")})
         record_security_events(
             Occurrence(
                 *row["security_event"], row["client_ip"], row["token_id"], row["project_id"], row["token_prefix"]
@@ -104,6 +134,7 @@ def store(rows: list[dict]) -> int:
             for row in new
             if row.get("security_event")
         )
+    announce(alerts)
     return len(new)
 
 

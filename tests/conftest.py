@@ -57,13 +57,7 @@ def make_project(operator):
 def make_token(operator):
     from tokens.services import token_generate
 
-    def make(project, hours: float = 24, max_requests: int | None = None, label: str = ""):
-        return token_generate(
-            project=project,
-            duration=timedelta(hours=hours),
-            max_requests=max_requests,
-            label=label,
-            actor=operator,
-        )
+    def make(project, hours: float = 24, label: str = "", **limits):
+        return token_generate(project=project, duration=timedelta(hours=hours), label=label, actor=operator, **limits)
 
     return make

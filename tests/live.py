@@ -33,6 +33,7 @@ TEST_SERVER_ENV = {
     "DATABASE_POOL_MIN_SIZE": "1",
     "DATABASE_POOL_MAX_SIZE": "4",
     "PROXY_DB_THREADS": "2",
+    "PRICE_CACHE_SECONDS": "0.2",  # a price set by a test is used at once
 }
 
 

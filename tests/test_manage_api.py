@@ -298,7 +298,10 @@ def test_create_a_token_returns_it_once(api, make_project):
     before = timezone.now()
     status, body, _ = api("POST", "/manage/tokens", payload)
     assert status == 201
-    assert set(body) == {"id", "token", "expires_at", "max_requests", "project_id", "label"}
+    assert set(body) == {
+        *("id", "token", "expires_at", "max_requests", "project_id", "label"),
+        *("requests_per_minute", "tokens_per_minute", "budget_usd"),
+    }
     assert secret.TOKEN.is_well_formed(body["token"])
     assert body["max_requests"] == 10 and body["label"] == "ci run 42" and body["project_id"] == str(project.pk)
     token = Token.objects.get(pk=body["id"])

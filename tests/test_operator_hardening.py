@@ -16,6 +16,8 @@ from django.utils import timezone
 
 from llmproxy.manage_api import urls as manage_urls
 from projects.models import Project
+from proxy.models import ModelPrice
+from proxy.services import price_set
 from proxy.writer import Record, UsageWriter
 from tokens.minting import minting_key_create
 from tokens.models import MintingKey, Token
@@ -67,6 +69,14 @@ def test_no_audit_entry_lists_a_reverse_relation(make_project, make_token, opera
         Project: project,
         Token: make_token(project, label="ci").token,
         MintingKey: minting_key_create(project=project, name="web backend", actor=operator).key,
+        ModelPrice: price_set(
+            model="audited-model",
+            input_per_million=1,
+            cached_input_per_million=None,
+            output_per_million=2,
+            source="test",
+            actor=operator,
+        ).price,
     }
     assert set(auditlog.get_models()) == set(created), "a newly audited model: add it here"
 

@@ -3,6 +3,7 @@ keys, refusals explained."""
 
 import datetime
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -13,7 +14,7 @@ from proxy.writer import Record, UsageWriter
 from tokens.minting import minting_key_create
 
 MANAGEMENT_TOKEN = "test-management-token-usage-0123"
-ZERO = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+ZERO = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": "0", "total_tokens": 0}
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +39,13 @@ def day(offset: int) -> datetime.date:
     return utc_today() - datetime.timedelta(days=offset)
 
 
-def sums(requests: int, errors: int = 0) -> dict[str, int]:
+def sums(requests: int, errors: int = 0) -> dict[str, int | str]:
     return {
         "requests": requests,
         "errors": errors,
         "prompt_tokens": 10 * requests,
         "completion_tokens": 2 * requests,
+        "cost_usd": format((Decimal("0.01") * requests).normalize(), "f"),  # as the API writes it: exact, no zeros
         "total_tokens": 12 * requests,
     }
 
@@ -168,7 +170,15 @@ def test_requests_written_by_the_proxy_writer_are_summed(usage, make_project, ma
     status, body = usage(token_id=str(token.pk), group_by="model")
     assert status == 200
     assert body["rows"] == [
-        {"model": "gpt-4o", "requests": 3, "errors": 1, "prompt_tokens": 6, "completion_tokens": 8, "total_tokens": 14}
+        {
+            "model": "gpt-4o",
+            "requests": 3,
+            "errors": 1,
+            "prompt_tokens": 6,
+            "completion_tokens": 8,
+            "cost_usd": "0",
+            "total_tokens": 14,
+        }
     ]
 
 

@@ -5,6 +5,7 @@ from datetime import date
 from django.conf import settings
 
 from projects.keys import API_KEY_RE, INVALID_API_KEY
+from projects.limits import BUDGET_MAX, BUDGET_MIN, PER_MINUTE_MAX, BudgetPeriod
 from proxy.prices import MAX_PRICE, MODEL_MAX_LENGTH, MODEL_PATTERN, MODEL_RULE, SOURCE_MAX_LENGTH
 from proxy.selectors import USAGE_GROUPS, utc_today
 from tokens.models import TokenStatus
@@ -49,7 +50,47 @@ API_KEY = String(
 
 PROJECT_LIST = Query(PAGING)
 
-PROJECT_CREATE = Body({"name": PROJECT_NAME, "api_key": API_KEY}, required=("name", "api_key"))
+
+def _per_minute(what: str) -> Integer:
+    return Integer(
+        description=f'{what} in a clock minute (UTC); null: no limit (0 is refused, not "unlimited").',
+        minimum=1,
+        maximum=PER_MINUTE_MAX,
+        nullable=True,
+    )
+
+
+# From 0.01 to 10¹² written out: a whole part of 1 to 12 digits, or 0 and a fraction of at least a cent.
+_BUDGET_TEXT = r"[1-9][0-9]{0,11}(?:\.[0-9]+)?|0\.(?:0[1-9]|[1-9])[0-9]*|1000000000000(?:\.0+)?"
+
+
+def _budget(over: str) -> DecimalNumber:
+    return DecimalNumber(
+        description=f"Spend cap in US dollars {over}, from {BUDGET_MIN}, as a number or a decimal string (kept to 6 "
+        "decimal places); null: no budget. Once reached, every request is refused (429 `budget_exceeded`).",
+        minimum=BUDGET_MIN,
+        maximum=BUDGET_MAX,
+        pattern=_BUDGET_TEXT,
+        nullable=True,
+    )
+
+
+PROJECT_LIMITS = {
+    "requests_per_minute": _per_minute("Requests of all the project's tokens together"),
+    "tokens_per_minute": _per_minute("Prompt + completion tokens of all the project's tokens together"),
+    "budget_usd": _budget("per budget period"),
+    "budget_period": Choice(
+        description="Calendar periods in UTC the budget counts in (weeks start on Monday); default month.",
+        choices=tuple(BudgetPeriod.values),
+    ),
+}
+TOKEN_LIMITS = {
+    "requests_per_minute": _per_minute("Requests of this token"),
+    "tokens_per_minute": _per_minute("Prompt + completion tokens of this token"),
+    "budget_usd": _budget("over the token's life"),
+}
+
+PROJECT_CREATE = Body({"name": PROJECT_NAME, "api_key": API_KEY, **PROJECT_LIMITS}, required=("name", "api_key"))
 
 
 def _check_revoke_tokens(data: dict) -> None:
@@ -71,6 +112,7 @@ PROJECT_UPDATE = Body(
             description="With is_active=false: also revoke every token of the project (even if it was already "
             "inactive)."
         ),
+        **PROJECT_LIMITS,
     },
     min_properties=1,
     rule_schema={
@@ -109,6 +151,7 @@ TOKEN_CREATE = Body(
             nullable=True,
         ),
         "label": String(description="Who or what holds the token.", max_length=200),
+        **TOKEN_LIMITS,
     },
     required=("project_id",),
     rule_schema={"oneOf": [{"required": ["duration_hours"]}, {"required": ["duration_minutes"]}]},
@@ -121,6 +164,7 @@ TOKEN_UPDATE = Body(
             description="New request limit; 0 or null removes it.", minimum=0, maximum=_max_requests, nullable=True
         ),
         "is_active": Boolean(description="false revokes; true reactivates a revoked token that has not expired."),
+        **TOKEN_LIMITS,
     },
     min_properties=1,
 )

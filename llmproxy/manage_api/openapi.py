@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from projects.limits import BudgetPeriod
 from proxy.prices import DECIMAL_PLACES
 from tokens.models import TokenStatus
 
@@ -19,13 +20,32 @@ _PRICE = {
     "description": f"US dollars per million tokens, exact (at most {DECIMAL_PLACES} decimal places), as a decimal "
     "string: `2.5`, `0.075`, `10`.",
 }
+_DOLLARS = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}
 _USAGE_SUMS = {
     "requests": {"type": "integer", "minimum": 0},
     "errors": {"type": "integer", "minimum": 0, "description": "Requests answered with status 400 or more."},
     "prompt_tokens": {"type": "integer", "minimum": 0},
     "completion_tokens": {"type": "integer", "minimum": 0},
     "total_tokens": {"type": "integer", "minimum": 0},
+    "cost_usd": {
+        **_DOLLARS,
+        "description": "US dollars, exact, as a decimal string: the reported usage at each model's price at the time "
+        "(requests of models without a price count nothing).",
+    },
 }
+
+
+def _limits(budget_over: str) -> dict[str, Any]:
+    per_minute = {"type": ["integer", "null"], "minimum": 1}
+    return {
+        "requests_per_minute": {**per_minute, "description": "Requests admitted in a clock minute; null: no limit."},
+        "tokens_per_minute": {**per_minute, "description": "Tokens reported in a clock minute; null: no limit."},
+        "budget_usd": {
+            "type": ["string", "null"],
+            "pattern": "^[0-9]+(\\.[0-9]+)?$",
+            "description": f"Spend cap in US dollars {budget_over}, as a decimal string; null: no budget.",
+        },
+    }
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -81,6 +101,13 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": _DATETIME,
             "updated_at": _DATETIME,
             "api_key_updated_at": _DATETIME,
+            **_limits("per budget period"),
+            "budget_period": {"type": "string", "enum": list(BudgetPeriod.values)},
+            "spent_usd": {**_DOLLARS, "description": "Spent in the current budget period, in US dollars."},
+            "budget_resets_at": {
+                **_NULLABLE_DATETIME,
+                "description": "When the current budget period ends (UTC); null for a total budget.",
+            },
             "tokens_revoked": {
                 "type": "integer",
                 "minimum": 0,
@@ -110,6 +137,8 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": _DATETIME,
             "last_used_at": _NULLABLE_DATETIME,
             "revoked_at": _NULLABLE_DATETIME,
+            **_limits("over the token's life"),
+            "spent_usd": {**_DOLLARS, "description": "Spent over the token's life, in US dollars."},
         }
     ),
     "TokenList": _list("Token", "tokens"),
@@ -125,6 +154,7 @@ _SCHEMAS: dict[str, Any] = {
             "max_requests": {"type": ["integer", "null"], "minimum": 1},
             "project_id": _UUID,
             "label": {"type": "string"},
+            **_limits("over the token's life"),
         }
     ),
     "RevokeCounts": _object(

@@ -17,7 +17,16 @@ _OBJECT_TYPES = {model: name for name, model in AUDIT_OBJECT_TYPES.items()}
 _ACTIONS = {action: name for name, action in AUDIT_ACTIONS.items()}
 
 
+def _limits(owner: Token | Project) -> dict[str, Any]:
+    return {
+        "requests_per_minute": owner.requests_per_minute,
+        "tokens_per_minute": owner.tokens_per_minute,
+        "budget_usd": decimal_text(owner.budget_usd),
+    }
+
+
 def project_json(project: Project) -> dict[str, Any]:
+    now = timezone.now()
     return {
         "id": str(project.id),
         "name": project.name,
@@ -27,6 +36,10 @@ def project_json(project: Project) -> dict[str, Any]:
         "created_at": project.created_at,
         "updated_at": project.updated_at,
         "api_key_updated_at": project.api_key_updated_at,
+        **_limits(project),
+        "budget_period": project.budget_period,
+        "spent_usd": decimal_text(project.spent_in_period(now)),
+        "budget_resets_at": project.budget_resets_at(now),
     }
 
 
@@ -45,6 +58,8 @@ def token_json(token: Token) -> dict[str, Any]:
         "created_at": token.created_at,
         "last_used_at": token.last_used_at,
         "revoked_at": token.revoked_at,
+        **_limits(token),
+        "spent_usd": decimal_text(token.spent_usd),
     }
 
 
@@ -57,6 +72,7 @@ def issued_token_json(issued: IssuedToken) -> dict[str, Any]:
         "max_requests": token.max_requests,
         "project_id": str(token.project_id),
         "label": token.label,
+        **_limits(token),
     }
 
 

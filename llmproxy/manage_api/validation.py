@@ -120,15 +120,19 @@ class DecimalNumber(Field):
     """
 
     maximum: Decimal = Decimal(10)
+    minimum: Decimal = Decimal(0)
+    pattern: str | None = None  # for strings, when the minimum is above 0 (the default pattern admits 0 and up)
 
     def _pattern(self) -> str:
+        if self.pattern is not None:
+            return self.pattern
         top = int(self.maximum)
         return rf"[0-9]{{1,{len(str(top)) - 1}}}(?:\.[0-9]+)?|{top}(?:\.0+)?"
 
     def type_schema(self) -> dict[str, Any]:
         return {
             "type": ["number", "string"],
-            "minimum": 0,
+            "minimum": float(self.minimum) if self.minimum != int(self.minimum) else int(self.minimum),
             "maximum": int(self.maximum),
             "pattern": f"^(?:{self._pattern()})$",
         }
@@ -136,14 +140,17 @@ class DecimalNumber(Field):
     def check(self, name: str, value: Any) -> Decimal:
         if isinstance(value, str):
             if not re.fullmatch(self._pattern(), value):
-                message = f'{name} must be a decimal from 0 to {self.maximum}, like 2.5 or "2.50" (no exponent)'
+                message = (
+                    f'{name} must be a decimal from {self.minimum} to {self.maximum}, like 2.5 or "2.50" (no exponent)'
+                )
                 raise invalid(name, message, "invalid_format")
-            return Decimal(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+            number = Decimal(value)
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             raise invalid(name, f"{name} must be a number or a decimal string", "invalid_type")
-        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-        if not number.is_finite() or not 0 <= number <= self.maximum:
-            raise invalid(name, f"{name} must be between 0 and {self.maximum}", "out_of_range")
+        else:
+            number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if not number.is_finite() or not self.minimum <= number <= self.maximum:
+            raise invalid(name, f"{name} must be between {self.minimum} and {self.maximum}", "out_of_range")
         return number
 
 

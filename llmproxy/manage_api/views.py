@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from llmproxy.errors import ServiceError
 from projects.models import Project
 from projects.selectors import project_get, projects_by_name
-from projects.services import project_create, project_update
+from projects.services import project_create, project_set_limits, project_update
 from proxy.models import ModelPrice
 from proxy.prices import model_price_for, model_prices
 from proxy.selectors import usage_summary
@@ -34,7 +34,7 @@ from . import inputs, selectors
 from .auth import Caller, authenticate
 from .errors import ApiError, from_service_error, not_found
 from .openapi import build_document
-from .serializers import audit_event_json, issued_token_json, price_json, project_json, token_json
+from .serializers import audit_event_json, decimal_text, issued_token_json, price_json, project_json, token_json
 from .validation import MAX_BODY_BYTES, UUID_RE
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ class ProjectsView(ApiView):
     def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         caller.require_management_token()
         data = inputs.PROJECT_CREATE.parse(_body(request))
-        project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor)
+        limits = {name: data[name] for name in inputs.PROJECT_LIMITS if name in data}
+        project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor, **limits)
         return JsonResponse(project_json(project), status=201)
 
 
@@ -150,6 +151,8 @@ class ProjectDetailView(ApiView):
                 project = project_update(
                     project=project, name=data.get("name"), api_key=data.get("api_key"), actor=caller.actor
                 )
+            if limits := {name: data[name] for name in inputs.PROJECT_LIMITS if name in data}:
+                project = project_set_limits(project=project, actor=caller.actor, **limits)
             if "is_active" in data:
                 done = project_set_active(
                     project=project,
@@ -206,9 +209,11 @@ class TokensView(ApiView):
             issued = token_generate(
                 project=project,
                 duration=duration,
-                max_requests=data.get("max_requests"),
                 label=data.get("label", ""),
                 actor=caller.actor,
+                # A program with a minting key hands out no more than its project has.
+                within_project_limits=caller.minting_key is not None,
+                **{name: data[name] for name in ("max_requests", *inputs.TOKEN_LIMITS) if name in data},
             )
         except ServiceError as e:
             raise from_service_error(e, {"duration": duration_field}) from None
@@ -233,8 +238,8 @@ class TokenDetailView(ApiView):
         token = self._token(caller, token_id)
         data = inputs.TOKEN_UPDATE.parse(_body(request))
         with transaction.atomic():
-            if "max_requests" in data:
-                token = token_set_limits(token=token, max_requests=data["max_requests"], actor=caller.actor)
+            if limits := {name: data[name] for name in ("max_requests", *inputs.TOKEN_LIMITS) if name in data}:
+                token = token_set_limits(token=token, actor=caller.actor, **limits)
             if data.get("is_active") is True:
                 token = token_reactivate(token=token, actor=caller.actor)
             elif data.get("is_active") is False:
@@ -300,9 +305,9 @@ class UsageView(ApiView):
             project=query.get("project_id", caller.project_id),
             token=query.get("token_id"),
         )
-        return JsonResponse(
-            {"from": start, "to": end, "group_by": group_by, "rows": summary.rows, "totals": summary.totals}
-        )
+        rows = [{**row, "cost_usd": decimal_text(row["cost_usd"])} for row in summary.rows]
+        totals = {**summary.totals, "cost_usd": decimal_text(summary.totals["cost_usd"])}
+        return JsonResponse({"from": start, "to": end, "group_by": group_by, "rows": rows, "totals": totals})
 
 
 class PricesView(ApiView):

@@ -1,7 +1,9 @@
 """What the management commands share: finding a project by name or ID, and a service's refusal as a CommandError."""
 
-from collections.abc import Iterator
+import argparse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
 
@@ -24,3 +26,20 @@ def refusals_as_errors() -> Iterator[None]:
         yield
     except ServiceError as e:
         raise CommandError(f"{e.field}: {e.text}" if e.field else e.text) from None
+
+
+def usd_amount(text: str) -> Decimal:
+    """An argument in US dollars (argparse turns the refusal into a usage error)."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount in US dollars: {text!r}") from None
+
+
+def limit_or_none(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argument that is a limit, or `none` to remove it."""
+
+    def read(text: str):
+        return None if text.strip().lower() == "none" else parse(text)
+
+    return read

@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand
 
 from llmproxy.audit import Actor
-from projects.management.cli import get_project, refusals_as_errors
+from projects.management.cli import get_project, refusals_as_errors, usd_amount
 from tokens.services import token_generate
 
 
@@ -19,16 +19,22 @@ class Command(BaseCommand):
         duration.add_argument("--hours", type=int, help="lifetime in hours")
         duration.add_argument("--minutes", type=int, help="lifetime in minutes")
         parser.add_argument("--max-requests", type=int, default=None, help="request limit (default: unlimited)")
+        parser.add_argument("--rpm", type=int, default=None, help="requests per minute (default: no limit)")
+        parser.add_argument("--tpm", type=int, default=None, help="tokens per minute (default: no limit)")
+        parser.add_argument("--budget-usd", type=usd_amount, default=None, help="budget over the token's life, in USD")
         parser.add_argument("--label", default="", help="who or what holds the token")
 
-    def handle(self, *args, project: str, hours, minutes, max_requests, label: str, **options):
+    def handle(self, *args, project: str, hours, minutes, max_requests, rpm, tpm, budget_usd, label: str, **options):
         duration = timedelta(hours=hours) if hours is not None else timedelta(minutes=minutes)
         with refusals_as_errors():
             issued = token_generate(
                 project=get_project(project),
                 duration=duration,
-                max_requests=max_requests,
                 label=label,
                 actor=Actor.cli(),
+                max_requests=max_requests,
+                requests_per_minute=rpm,
+                tokens_per_minute=tpm,
+                budget_usd=budget_usd,
             )
         self.stdout.write(issued.plaintext)
