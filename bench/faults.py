@@ -352,7 +352,7 @@ def main() -> None:
     mock = None
     outcomes = []
     try:
-        token = seed(env)
+        token, _ = seed(env)
         mock = subprocess.Popen(
             [sys.executable, "tests/mock_upstream.py", "--port", str(mock_port)],
             cwd=BASE_DIR,

@@ -134,7 +134,7 @@ def main() -> None:
     }
     processes: list[subprocess.Popen] = []
     try:
-        token = seed(env)
+        token, _ = seed(env)
         create_admin(env)
         processes.append(
             subprocess.Popen(

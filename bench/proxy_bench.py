@@ -39,8 +39,8 @@ STREAM = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "stream": True}
 ).encode()
 
-TARGETS = {"added_p50_ms": 1.5, "throughput_ratio": 0.06, "stream_ratio": 1.05}
-PARTS = ("latency", "throughput", "ttfb", "streams")
+TARGETS = {"added_p50_ms": 1.5, "throughput_ratio": 0.06, "stream_ratio": 1.05, "limits_ratio": 0.85}
+PARTS = ("latency", "throughput", "ttfb", "streams", "limits")
 
 
 # --- a small HTTP/1.1 client ----------------------------------------------------------------------------------------
@@ -236,17 +236,26 @@ def database(bench_id: str) -> tuple[str, callable]:
     return f"sqlite:///{path}", remove
 
 
-def seed(env: dict) -> str:
-    """Migrate, then create a project and an unlimited token; the token's plaintext."""
+def seed(env: dict) -> tuple[str, str]:
+    """Migrate, then create a project with an unlimited token, and a project with every limit (out of reach: they
+    are counted, never reached) with a token that has every limit too; the two tokens' plaintexts. The bench's
+    model gets a price, so its cost is computed and charged."""
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
     code = (
         "from datetime import timedelta\n"
         "from llmproxy.audit import Actor\n"
         "from projects.services import project_create\n"
+        "from proxy.services import price_set\n"
         "from tokens.services import token_generate\n"
         "actor = Actor.cli('bench')\n"
-        f"project = project_create(name='Bench', api_key='{UPSTREAM_KEY}', actor=actor)\n"
-        "print(token_generate(project=project, duration=timedelta(hours=2), actor=actor).plaintext)\n"
+        "price_set(model='gpt-4o-mini', input_per_million='0.15', cached_input_per_million='0.075',\n"
+        "          output_per_million='0.6', source='bench', actor=actor)\n"
+        f"free = project_create(name='Bench', api_key='{UPSTREAM_KEY}', actor=actor)\n"
+        "print(token_generate(project=free, duration=timedelta(hours=2), actor=actor).plaintext)\n"
+        f"limited = project_create(name='Bench limited', api_key='{UPSTREAM_KEY}', actor=actor,\n"
+        "                         budget_usd=10**9, budget_period='month')\n"
+        "print(token_generate(project=limited, duration=timedelta(hours=2), actor=actor, requests_per_minute=10**9,\n"
+        "                     tokens_per_minute=10**9, budget_usd=10**9).plaintext)\n"
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
@@ -256,7 +265,8 @@ def seed(env: dict) -> str:
         capture_output=True,
         text=True,
     )
-    return result.stdout.strip().splitlines()[-1]
+    free, limited = result.stdout.strip().splitlines()[-2:]
+    return free, limited
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -280,7 +290,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(direct: Target, proxied: Target, args) -> dict:
+async def measure(direct: Target, proxied: Target, limited: Target, args) -> dict:
     figures: dict = {}
     # warm both paths (connections, imports, caches) before measuring
     await latency(direct, 50, 50)
@@ -303,7 +313,20 @@ async def measure(direct: Target, proxied: Target, args) -> dict:
         }
     if "streams" in args.parts:
         figures["streams"] = await measure_streams(direct, proxied, args)
+    if "limits" in args.parts:
+        figures["limits"] = await measure_limits(proxied, limited, args)
     return figures
+
+
+async def measure_limits(proxied: Target, limited: Target, args) -> dict:
+    """Throughput at c=32 of a token with every limit (and a project with a monthly budget) against an unlimited
+    one, interleaved, three runs each: what counting and charging cost."""
+    await latency(limited, 50, 50)
+    free, counted = [], []
+    for _ in range(3):
+        free.append((await throughput(proxied, 32, args.seconds))[0])
+        counted.append((await throughput(limited, 32, args.seconds))[0])
+    return {"unlimited": statistics.median(free), "limited": statistics.median(counted)}
 
 
 async def measure_latency(direct: Target, proxied: Target, args) -> dict:
@@ -367,6 +390,13 @@ def report(figures: dict, engine: str, workers: int, rss_kib: int) -> None:
             f"[target 0 failures, <= {TARGETS['stream_ratio']}x: "
             f"{verdict(st['proxied_failed'] == 0 and stream_ratio <= TARGETS['stream_ratio'])}]"
         )
+    if lim := figures.get("limits"):
+        ratio = lim["limited"] / lim["unlimited"]
+        print(
+            f"  limits c=32  unlimited token {lim['unlimited']:.0f} req/s, token and project with every limit "
+            f"{lim['limited']:.0f} req/s = {ratio:.1%}   "
+            f"[target >= {TARGETS['limits_ratio']:.0%}: {verdict(ratio >= TARGETS['limits_ratio'])}]"
+        )
     print(f"  server peak RSS  {rss_kib / 1024:.0f} MiB (gunicorn master + {workers} workers)")
 
 
@@ -412,7 +442,7 @@ def main() -> None:
     sampler = None
     server_log = None
     try:
-        token = seed(env)
+        token, limited_token = seed(env)
         mock = subprocess.Popen(
             [sys.executable, "tests/mock_upstream.py", "--port", str(mock_port)],
             cwd=BASE_DIR,
@@ -438,13 +468,14 @@ def main() -> None:
 
         direct = Target("direct", "127.0.0.1", mock_port, "/v1", f"Bearer {UPSTREAM_KEY}")
         proxied = Target("proxied", "127.0.0.1", server_port, "/v1", f"Bearer {token}")
+        limited = Target("limited", "127.0.0.1", server_port, "/v1", f"Bearer {limited_token}")
         try:
             import uvloop
 
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        figures = runner(measure(direct, proxied, args))
+        figures = runner(measure(direct, proxied, limited, args))
         sampler.running = False
         engine = "PostgreSQL" if db_url.startswith("postgres") else "SQLite"
         report(figures, engine, args.workers, sampler.peak_kib)
