@@ -4,6 +4,7 @@ Production mode is `DEBUG` off (the default): then `SECRET_KEY` and `ENCRYPTION_
 refuses to start, with a one-line explanation, when either is missing.
 """
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -244,6 +245,24 @@ PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", defau
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
 # Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).
 PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
+# Where a project's own upstream URL may point (proxy.egress; the global UPSTREAM_BASE_URL is trusted as it is).
+# Host names (or IP literals) whose upstream may be plain http://, e.g. `127.0.0.1,vllm.internal`:
+UPSTREAM_ALLOW_HTTP_HOSTS = [
+    host.strip().strip("[]").lower() for host in env.list("UPSTREAM_ALLOW_HTTP_HOSTS", default=[]) if host.strip()
+]
+# Private networks (CIDRs, IPv4 or IPv6) an upstream may be in, e.g. `10.0.0.0/8,fd12:3456::/48`; link-local and
+# cloud metadata addresses are refused whatever this says.
+UPSTREAM_ALLOW_PRIVATE_NETWORKS = [
+    network.strip() for network in env.list("UPSTREAM_ALLOW_PRIVATE_NETWORKS", default=[]) if network.strip()
+]
+for _network in UPSTREAM_ALLOW_PRIVATE_NETWORKS:
+    try:
+        ipaddress.ip_network(_network)
+    except ValueError as _exc:
+        refuse_to_start(
+            f"UPSTREAM_ALLOW_PRIVATE_NETWORKS: {_network!r} is not a network ({_exc}); "
+            "write it like 10.0.0.0/8 or fd12:3456::/48."
+        )
 # Seconds each process keeps its copy of the model price table (proxy.prices): a price change is used by every
 # worker of every instance within this time; lookups never wait on the database.
 PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=5.0)
