@@ -1,4 +1,10 @@
-"""The upstream HTTP client: one httpx transport per worker process (per event loop), made on first use.
+"""The upstream HTTP client: one transport per upstream origin (scheme, host, port) and per event loop of a worker
+process, each made on first use with the same limits.
+
+The origin of the global UPSTREAM_BASE_URL (the operator's own setting) connects as it always did; every other
+origin (a project's own upstream) has `proxy.egress.GuardedBackend` under it, which checks every address a host
+resolves to before connecting. Requests find their transport by the text of their URL up to the path, a dictionary
+lookup (`build_request`); the request then carries it to `send`.
 
 Requests go straight to the transport (`send`), not through an `httpx.AsyncClient`: the client's layers (auth,
 redirects, event hooks, URL merging and its cookie jar) cost about a fifth of the proxy's CPU per request and the
@@ -11,13 +17,11 @@ response headers and for each next chunk. The pool is sized for many concurrent 
 """
 
 import asyncio
-import urllib.request
-from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
 
-_transports: dict[asyncio.AbstractEventLoop, "ShardedTransport"] = {}
+from . import egress
 
 # What httpx.AsyncClient adds to every request unless the request has its own (Accept-Encoding is always set).
 _DEFAULT_HEADERS = (
@@ -54,14 +58,17 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     Small pools side by side keep that cost flat.
     """
 
-    def __init__(self, shards: int, limits: httpx.Limits, timeouts: httpx.Timeout, proxy: str | None = None) -> None:
+    def __init__(
+        self, shards: int, limits: httpx.Limits, timeouts: httpx.Timeout, base_url: str, guarded: bool
+    ) -> None:
         self.timeouts = timeouts.as_dict()  # what each request's extensions carry
+        self.guarded = guarded
         per_shard = httpx.Limits(
             max_connections=max(1, (limits.max_connections or 1000) // shards),
             max_keepalive_connections=max(1, (limits.max_keepalive_connections or 100) // shards),
             keepalive_expiry=limits.keepalive_expiry,
         )
-        self._pools = [httpx.AsyncHTTPTransport(limits=per_shard, proxy=proxy) for _ in range(shards)]
+        self._pools = [egress.new_transport(base_url, limits=per_shard, guarded=guarded) for _ in range(shards)]
         self._active = [0] * shards
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -84,61 +91,99 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
-def _environment_proxy(upstream: str) -> str | None:
-    """An egress proxy from HTTPS_PROXY/HTTP_PROXY (unless NO_PROXY exempts the upstream), as httpx would use."""
-    parts = urlsplit(upstream)
-    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
+class _LoopTransports:
+    """One event loop's transports: by origin, and by the text of a URL up to its path (the lookup requests use)."""
+
+    def __init__(self) -> None:
+        self.by_origin: dict[egress.Origin, ShardedTransport] = {}
+        self.by_prefix: dict[str, ShardedTransport] = {}
 
 
-def transport() -> ShardedTransport:
-    """This event loop's transport (made on first use, with the settings of that moment)."""
+_transports: dict[asyncio.AbstractEventLoop, _LoopTransports] = {}
+
+
+def _prefix(url: str) -> str:
+    """`scheme://authority` of a URL: the text before the path (or query), without parsing it."""
+    end = url.find("/", url.find("://") + 3)
+    prefix = url if end < 0 else url[:end]
+    return prefix.partition("?")[0] if "?" in prefix else prefix
+
+
+def transport(base_url: str | None = None) -> ShardedTransport:
+    """This event loop's transport for the origin of `base_url` (a base URL or any URL with that origin; None: the
+    global UPSTREAM_BASE_URL), made on first use with the settings of that moment."""
     loop = asyncio.get_running_loop()
-    found = _transports.get(loop)
-    if found is None:
+    loop_transports = _transports.get(loop)
+    if loop_transports is None:
         for stale in [other for other in _transports if other.is_closed()]:
             del _transports[stale]
-        limits = httpx.Limits(
-            max_connections=settings.PROXY_UPSTREAM_MAX_CONNECTIONS,
-            max_keepalive_connections=settings.PROXY_UPSTREAM_MAX_KEEPALIVE,
-            keepalive_expiry=30.0,
-        )
-        found = _transports[loop] = ShardedTransport(
-            settings.PROXY_UPSTREAM_POOLS,
-            limits,
-            httpx.Timeout(
-                connect=settings.PROXY_CONNECT_TIMEOUT,
-                read=settings.PROXY_READ_TIMEOUT,
-                write=settings.PROXY_READ_TIMEOUT,
-                pool=settings.PROXY_CONNECT_TIMEOUT,
-            ),
-            proxy=_environment_proxy(settings.UPSTREAM_BASE_URL),
-        )
+        loop_transports = _transports[loop] = _LoopTransports()
+    prefix = _prefix(settings.UPSTREAM_BASE_URL if base_url is None else base_url)
+    found = loop_transports.by_prefix.get(prefix)
+    if found is None:
+        key = egress.origin(prefix)
+        found = loop_transports.by_origin.get(key)
+        if found is None:
+            found = loop_transports.by_origin[key] = _new_transport(prefix)
+        loop_transports.by_prefix[prefix] = found
     return found
 
 
-def build_request(method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> httpx.Request:
+def _new_transport(base_url: str) -> ShardedTransport:
+    limits = httpx.Limits(
+        max_connections=settings.PROXY_UPSTREAM_MAX_CONNECTIONS,
+        max_keepalive_connections=settings.PROXY_UPSTREAM_MAX_KEEPALIVE,
+        keepalive_expiry=30.0,
+    )
+    return ShardedTransport(
+        settings.PROXY_UPSTREAM_POOLS,
+        limits,
+        httpx.Timeout(
+            connect=settings.PROXY_CONNECT_TIMEOUT,
+            read=settings.PROXY_READ_TIMEOUT,
+            write=settings.PROXY_READ_TIMEOUT,
+            pool=settings.PROXY_CONNECT_TIMEOUT,
+        ),
+        base_url,
+        guarded=not egress.is_trusted_origin(base_url),
+    )
+
+
+class UpstreamRequest(httpx.Request):
+    """A request that knows the transport of its origin (picked once, by `build_request`)."""
+
+    transport: ShardedTransport
+
+
+def build_request(method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamRequest:
+    """A request to `url` (from `url()`), for the transport of its origin."""
+    found = transport(url)
     present = {name for name, _ in headers}
-    return httpx.Request(
+    request = UpstreamRequest(
         method,
         url,
         headers=[header for header in _DEFAULT_HEADERS if header[0] not in present] + headers,
         content=body,
-        extensions={"timeout": transport().timeouts},
+        extensions={"timeout": found.timeouts},
     )
+    request.transport = found
+    return request
 
 
 async def send(request: httpx.Request) -> httpx.Response:
-    """Send a request upstream; the response's body is left to be read (`aiter_raw`) and closed by the caller.
+    """Send a request upstream, through its origin's transport; the response's body is left to be read
+    (`aiter_raw`) and closed by the caller.
 
-    Raises httpx's exceptions (`httpx.TimeoutException`, `httpx.HTTPError`), as `AsyncClient.send` would.
+    Raises httpx's exceptions (`httpx.TimeoutException`, `httpx.HTTPError`), as `AsyncClient.send` would; a
+    connection the guard refused is an `httpx.ConnectError` for which `egress.is_address_refused` is true.
     """
-    response = await transport().handle_async_request(request)
+    found = request.transport if isinstance(request, UpstreamRequest) else transport(str(request.url))
+    response = await found.handle_async_request(request)
     response.request = request
     return response
 
 
-def url(path: str, query: str) -> str:
-    """`path` is the part after `/v1`, as the client sent it (still percent-encoded)."""
-    return f"{settings.UPSTREAM_BASE_URL}{path}?{query}" if query else f"{settings.UPSTREAM_BASE_URL}{path}"
+def url(base_url: str, path: str, query: str) -> str:
+    """The upstream URL of a request: `base_url` (a project's upstream URL, or the global UPSTREAM_BASE_URL; no
+    trailing `/`), then `path`, the part after `/v1` as the client sent it (still percent-encoded), and the query."""
+    return f"{base_url}{path}?{query}" if query else f"{base_url}{path}"

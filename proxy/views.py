@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import httpx
 import psycopg
+from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.encoding import escape_uri_path
@@ -131,7 +132,7 @@ async def _forward(
     forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
     upstream_request = upstream.build_request(
         method,
-        upstream.url(forwarded_path, request.META.get("QUERY_STRING", "")),
+        upstream.url(settings.UPSTREAM_BASE_URL, forwarded_path, request.META.get("QUERY_STRING", "")),
         headers.upstream_request_headers(scope["headers"], api_key=api_key, request_id=exchange.request_id.encode()),
         sent.body,
     )
