@@ -304,7 +304,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             if reason is not None:
                 raise AddressRefused(host, address, reason)
         failure: Exception | None = None
-        for address in addresses:  # the first that accepts, as the resolver ordered them
+        for address in addresses:  # the first that accepts, in the resolver's order; a timeout ends the attempt
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:
                 return await self._inner.connect_tcp(
@@ -414,7 +414,10 @@ async def probe(base_url: str, headers: list[tuple[bytes, bytes]]) -> ProbeResul
         return ProbeResult(ok, status, _clean(message, secrets), count)
 
     base_url = base_url.strip().rstrip("/")
-    trusted = is_trusted_origin(base_url)
+    try:
+        trusted = is_trusted_origin(base_url)
+    except httpx.InvalidURL:
+        trusted = False  # and check_upstream_url says what is wrong with it
     if not trusted:
         try:
             base_url = check_upstream_url(base_url, resolve=False)
