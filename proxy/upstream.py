@@ -62,13 +62,13 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self, shards: int, limits: httpx.Limits, timeouts: httpx.Timeout, base_url: str, guarded: bool
     ) -> None:
         self.timeouts = timeouts.as_dict()  # what each request's extensions carry
-        self.guarded = guarded
         per_shard = httpx.Limits(
             max_connections=max(1, (limits.max_connections or 1000) // shards),
             max_keepalive_connections=max(1, (limits.max_keepalive_connections or 100) // shards),
             keepalive_expiry=limits.keepalive_expiry,
         )
         self._pools = [egress.new_transport(base_url, limits=per_shard, guarded=guarded) for _ in range(shards)]
+        self.guarded = egress.is_guarded(self._pools[0])  # not when an egress proxy is set (egress.new_transport)
         self._active = [0] * shards
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

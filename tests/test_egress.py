@@ -281,6 +281,22 @@ def test_the_global_origin_is_trusted_without_any_allowance(settings, mock):
     assert asyncio.run(get(mock.base_url)).status_code == 200
 
 
+def test_the_connection_to_an_egress_proxy_from_the_environment_is_not_guarded(monkeypatch, mock):
+    """HTTP_PROXY names the operator's egress proxy (here the mock, on 127.0.0.1, which no setting allows): the
+    connection goes to it, and the upstream's name is the proxy's to resolve."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{mock.port}")
+
+    async def through_proxy():
+        assert not upstream.transport("http://upstream.example/v1").guarded
+        return await get("http://upstream.example/v1")
+
+    response = asyncio.run(through_proxy())
+    assert response.status_code == 404  # the mock is no real proxy, but the request reached it
+    assert mock.last().path == "http://upstream.example/v1/models"
+
+
 def make_tls_files(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for the name `localhost` only (not for 127.0.0.1), and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
