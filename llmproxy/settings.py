@@ -245,7 +245,7 @@ PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", defau
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
 # Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).
 PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
-# Where a project's own upstream URL may point (proxy.egress; the global UPSTREAM_BASE_URL is trusted as it is).
+# Where a project's own upstream URL may point (llmproxy.egress; the global UPSTREAM_BASE_URL is trusted as it is).
 # Host names (or IP literals) whose upstream may be plain http://, e.g. `127.0.0.1,vllm.internal`:
 UPSTREAM_ALLOW_HTTP_HOSTS = [
     host.strip().strip("[]").lower() for host in env.list("UPSTREAM_ALLOW_HTTP_HOSTS", default=[]) if host.strip()

@@ -2,7 +2,7 @@
 process, each made on first use with the same limits.
 
 The origin of the global UPSTREAM_BASE_URL (the operator's own setting) connects as it always did; every other
-origin (a project's own upstream) has `proxy.egress.GuardedBackend` under it, which checks every address a host
+origin (a project's own upstream) has `llmproxy.egress.GuardedBackend` under it, which checks every address a host
 resolves to before connecting. Requests find their transport by the text of their URL up to the path, a dictionary
 lookup (`build_request`); the request then carries it to `send`.
 
@@ -21,7 +21,7 @@ import asyncio
 import httpx
 from django.conf import settings
 
-from . import egress
+from llmproxy import egress
 
 # What httpx.AsyncClient adds to every request unless the request has its own (Accept-Encoding is always set).
 _DEFAULT_HEADERS = (

@@ -1,4 +1,4 @@
-"""The egress guard (proxy.egress) and the per-origin upstream transports (proxy.upstream), with real sockets.
+"""The egress guard (llmproxy.egress) and the per-origin upstream transports (proxy.upstream), with real sockets.
 
 No function is patched: connections go to real listening sockets on 127.0.0.1 (the mock upstream, a TLS server made
 here), names are resolved by the system's resolver (`localhost`, and `.invalid`, which never resolves).
@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.core.exceptions import ImproperlyConfigured
 
-from proxy import egress, upstream
-from proxy.egress import AddressRefused, UpstreamUrlError, address_refusal, check_upstream_url
+from llmproxy import egress
+from llmproxy.egress import AddressRefused, UpstreamUrlError, address_refusal, check_upstream_url
+from proxy import probe, upstream
 from tests.conftest import VALID_KEY
 from tests.live import free_port
 from tests.mock_upstream import MockUpstream
@@ -372,18 +373,18 @@ def reachable(settings, mock):
 
 
 def test_probe_succeeds_with_the_model_count(reachable):
-    result = egress.probe_sync(reachable.base_url + "/", bearer())
-    assert result == egress.ProbeResult(True, 200, "Connected: the upstream lists 2 models.", 2)
+    result = probe.probe_sync(reachable.base_url + "/", bearer())
+    assert result == probe.ProbeResult(True, 200, "Connected: the upstream lists 2 models.", 2)
     assert reachable.last().path == "/v1/models" and reachable.last().method == "GET"
 
 
 def test_probe_reports_the_upstreams_error_without_the_key(reachable):
     wrong = "not-a-real-key-0123456789abcdef"
-    result = egress.probe_sync(reachable.base_url, bearer(wrong))
+    result = probe.probe_sync(reachable.base_url, bearer(wrong))
     assert (result.ok, result.status, result.model_count) == (False, 401, None)
     assert result.message == "The upstream answered 401: Incorrect API key provided."
     # An answer that repeats the key (here the mock echoing the request's headers) has it cut out.
-    echoed = egress.probe_sync(reachable.base_url, [*bearer(), (b"x-mock-echo", b"1")])
+    echoed = probe.probe_sync(reachable.base_url, [*bearer(), (b"x-mock-echo", b"1")])
     assert echoed.ok is False and echoed.status == 200 and "not with a model list" in echoed.message
     assert "authorization" in echoed.message and "[redacted]" in echoed.message
     assert VALID_KEY not in echoed.message and VALID_KEY[10:30] not in echoed.message
@@ -391,38 +392,38 @@ def test_probe_reports_the_upstreams_error_without_the_key(reachable):
 
 def test_probe_reports_a_failed_connection(settings, reachable):
     closed = free_port()
-    result = egress.probe_sync(f"http://127.0.0.1:{closed}/v1", bearer())
+    result = probe.probe_sync(f"http://127.0.0.1:{closed}/v1", bearer())
     assert (result.ok, result.status) == (False, None)
     assert "refused" in result.message
 
     settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = []
-    result = egress.probe_sync(reachable.base_url, bearer())  # an address: refused by the URL's own check
+    result = probe.probe_sync(reachable.base_url, bearer())  # an address: refused by the URL's own check
     assert (result.ok, result.status) == (False, None)
     assert result.message == (
         "The address 127.0.0.1 may not be used as an upstream: it is loopback, not in UPSTREAM_ALLOW_PRIVATE_NETWORKS."
     )
     settings.UPSTREAM_ALLOW_HTTP_HOSTS = ["127.0.0.1", "localhost"]
-    result = egress.probe_sync(f"http://localhost:{reachable.port}/v1", bearer())  # a name: refused by the guard
+    result = probe.probe_sync(f"http://localhost:{reachable.port}/v1", bearer())  # a name: refused by the guard
     assert (result.ok, result.status) == (False, None)
     assert result.message.startswith("Not connected: refused to connect to localhost (127.0.0.1): the address is")
     assert reachable.requests == []
 
     settings.UPSTREAM_ALLOW_HTTP_HOSTS = []
-    assert "https://" in egress.probe_sync(reachable.base_url, bearer()).message
-    assert "not a valid URL" in egress.probe_sync("https://[::1/v1", bearer()).message
+    assert "https://" in probe.probe_sync(reachable.base_url, bearer()).message
+    assert "not a valid URL" in probe.probe_sync("https://[::1/v1", bearer()).message
 
-    result = egress.probe_sync("https://no-such-upstream.invalid/v1", bearer())
+    result = probe.probe_sync("https://no-such-upstream.invalid/v1", bearer())
     assert not result.ok and "does not resolve" in result.message
 
 
 def test_probe_of_the_global_upstream_is_not_guarded(settings, mock):
     settings.UPSTREAM_BASE_URL = mock.base_url
-    result = egress.probe_sync(mock.base_url, bearer())
+    result = probe.probe_sync(mock.base_url, bearer())
     assert result.ok and result.model_count == 2
 
 
 def test_probe_runs_on_an_event_loop_too(reachable):
-    result = asyncio.run(egress.probe(reachable.base_url, bearer()))
+    result = asyncio.run(probe.probe(reachable.base_url, bearer()))
     assert result.ok
 
 
@@ -439,7 +440,7 @@ def test_probe_reports_a_tls_failure(settings, tmp_path):
     async def run():
         server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
         try:
-            return await egress.probe(f"https://localhost:{server.sockets[0].getsockname()[1]}/v1", bearer())
+            return await probe.probe(f"https://localhost:{server.sockets[0].getsockname()[1]}/v1", bearer())
         finally:
             server.close()
 

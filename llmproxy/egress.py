@@ -1,4 +1,5 @@
-"""Where the proxy may connect upstream: the guard against server-side request forgery, and the "test connection" probe.
+"""Where the proxy may connect upstream: the guard against server-side request forgery (the "test connection" probe
+that uses it is `proxy.probe`).
 
 A project's upstream URL is chosen by whoever manages projects, not by the operator, so the proxy must not become a way
 into the operator's own network (its databases, its admin panels) or to a cloud's metadata service (which hands out
@@ -26,14 +27,12 @@ that proxy, which the operator configured, resolves the upstream's name itself, 
 
 import asyncio
 import ipaddress
-import json
 import re
 import socket
 import ssl
 import threading
 import typing
 import urllib.request
-from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -42,15 +41,11 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from llmproxy.security.scrub import scrub_secrets
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2000
 RESOLVE_TIMEOUT = 5.0  # seconds a save-time name resolution may take
-PROBE_TIMEOUT = 10.0
-PROBE_MAX_BODY_BYTES = 8 * 1024 * 1024  # a model list larger than this is not read to its end
 
 # Cloud metadata services (and their kin), refused whatever UPSTREAM_ALLOW_PRIVATE_NETWORKS says. Those inside
 # 169.254.0.0/16 are refused as link-local anyway; they are listed so that the reason names them.
@@ -341,9 +336,29 @@ def install_guard(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncHTTPTranspo
     return transport
 
 
+def exception_chain(exc: BaseException | None) -> list[BaseException]:
+    """An exception and what caused it, outermost first (the first of a group stands for it).
+
+    httpcore wraps an error as the argument of its own (`ConnectError(OSError(…))`), and its pool re-raises with
+    `from None`, so the argument is followed too.
+    """
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            exc = None if exc.__suppress_context__ else exc.__context__
+    return chain
+
+
 def is_address_refused(exc: BaseException) -> bool:
     """Whether an exception (httpx's, raised `from` httpcore's) comes from a connection the guard refused."""
-    return any(isinstance(cause, AddressRefused) for cause in _causes(exc))
+    return any(isinstance(cause, AddressRefused) for cause in exception_chain(exc))
 
 
 # --- transports -----------------------------------------------------------------------------------------------------
@@ -391,163 +406,3 @@ def new_transport(url: str, *, limits: httpx.Limits, guarded: bool) -> httpx.Asy
 def is_guarded(transport: httpx.AsyncHTTPTransport) -> bool:
     """Whether `install_guard` is under this transport's pool."""
     return isinstance(getattr(transport._pool, "_network_backend", None), GuardedBackend)
-
-
-# --- "test connection" ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    status: int | None  # the upstream's HTTP status; None when no answer came
-    message: str  # one line, for the operator; never contains the key
-    model_count: int | None = None
-
-
-async def probe(base_url: str, headers: list[tuple[bytes, bytes]]) -> ProbeResult:
-    """GET `{base_url}/models` with these headers (the project's auth header), through a one-off transport.
-
-    The transport is guarded like the proxy's (unless `base_url` has the origin of the global UPSTREAM_BASE_URL,
-    which requests to it are not either); it is closed afterwards. At most PROBE_TIMEOUT seconds in all.
-    """
-    secrets = _secret_parts(headers)
-
-    def result(ok: bool, status: int | None, message: str, count: int | None = None) -> ProbeResult:
-        return ProbeResult(ok, status, _clean(message, secrets), count)
-
-    base_url = base_url.strip().rstrip("/")
-    try:
-        trusted = is_trusted_origin(base_url)
-    except httpx.InvalidURL:
-        trusted = False  # and check_upstream_url says what is wrong with it
-    if not trusted:
-        try:
-            base_url = check_upstream_url(base_url, resolve=False)
-        except UpstreamUrlError as exc:
-            return result(False, None, str(exc))
-    transport = new_transport(base_url, guarded=not trusted, limits=httpx.Limits(max_connections=1))
-    request = httpx.Request(
-        "GET",
-        f"{base_url}/models",
-        headers=[(b"accept", b"application/json"), *headers],
-        extensions={"timeout": httpx.Timeout(PROBE_TIMEOUT).as_dict()},
-    )
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            response = await transport.handle_async_request(request)
-            try:
-                body = await _read_limited(response, PROBE_MAX_BODY_BYTES)
-            finally:
-                await response.stream.aclose()
-    except TimeoutError:
-        return result(False, None, f"The upstream did not answer within {PROBE_TIMEOUT:g} s.")
-    except httpx.HTTPError as exc:
-        return result(False, None, _connection_failure(exc))
-    finally:
-        await transport.aclose()
-    return _judge(response.status_code, body, result)
-
-
-def probe_sync(base_url: str, headers: list[tuple[bytes, bytes]]) -> ProbeResult:
-    """`probe` for synchronous code (admin views, commands): runs its own event loop, so not from inside one."""
-    return asyncio.run(probe(base_url, headers))
-
-
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in response.stream:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break
-    return b"".join(chunks)
-
-
-def _judge(status: int, body: bytes, result) -> ProbeResult:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        document = None
-    if 200 <= status < 300:
-        data = document.get("data") if isinstance(document, dict) else None
-        if isinstance(data, list):
-            count = len(data)
-            models = "model" if count == 1 else "models"
-            return result(True, status, f"Connected: the upstream lists {count} {models}.", count)
-        return result(False, status, f"The upstream answered {status} but not with a model list: {_excerpt(body)}")
-    return result(False, status, f"The upstream answered {status}: {_error_message(document) or _excerpt(body)}")
-
-
-def _error_message(document) -> str | None:
-    """The message of an error body: OpenAI's and Anthropic's `error.message`, or the usual other places."""
-    if not isinstance(document, dict):
-        return None
-    error = document.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
-    for value in (error, document.get("message"), document.get("detail")):
-        if isinstance(value, str) and value.strip():
-            return value
-    return None
-
-
-def _excerpt(body: bytes) -> str:
-    text = body[:1200].decode("utf-8", "replace").strip()
-    return text[:300] or "(an empty body)"
-
-
-def _causes(exc: BaseException | None) -> list[BaseException]:
-    """An exception and what caused it, outermost first (the first of a group stands for it).
-
-    httpcore wraps an error as the argument of its own (`ConnectError(OSError(…))`), and its pool re-raises with
-    `from None`, so the argument is followed too.
-    """
-    chain: list[BaseException] = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]
-        elif exc.__cause__ is not None:
-            exc = exc.__cause__
-        elif exc.args and isinstance(exc.args[0], BaseException):
-            exc = exc.args[0]
-        else:
-            exc = None if exc.__suppress_context__ else exc.__context__
-    return chain
-
-
-def _connection_failure(exc: httpx.HTTPError) -> str:
-    causes = _causes(exc)
-    refused = next((cause for cause in causes if isinstance(cause, AddressRefused)), None)
-    if refused is not None:
-        return f"Not connected: {refused}."
-    if isinstance(exc, httpx.ConnectTimeout):
-        return f"Could not connect within {PROBE_TIMEOUT:g} s."
-    if isinstance(exc, httpx.TimeoutException):
-        return f"The upstream did not answer within {PROBE_TIMEOUT:g} s."
-    tls = next((cause for cause in causes if isinstance(cause, ssl.SSLError)), None)
-    if tls is not None:
-        return f"The TLS handshake failed: {getattr(tls, 'verify_message', None) or tls.reason or tls}."
-    if isinstance(exc, httpx.ConnectError):
-        system = next((cause for cause in reversed(causes) if isinstance(cause, OSError) and cause.errno), None)
-        if isinstance(system, ConnectionRefusedError):
-            return "Could not connect: the connection was refused (does anything listen on that port?)."
-        if system is not None:
-            return f"Could not connect: {system.strerror or system}."
-        return f"Could not connect: {exc or type(exc).__name__}."
-    return f"The connection failed: {exc or type(exc).__name__}."
-
-
-def _secret_parts(headers: list[tuple[bytes, bytes]]) -> list[str]:
-    """What must never be shown of these headers: each value, and each word of it (the key of `Bearer <key>`)."""
-    parts = set()
-    for _, value in headers:
-        text = value.decode("latin-1").strip()
-        parts.update(part for part in (text, *text.split()) if len(part) >= 8)  # not "Bearer", nor a "1"
-    return sorted(parts, key=len, reverse=True)
-
-
-def _clean(message: str, secrets: list[str]) -> str:
-    """One line, the secrets cut out, at most 400 characters."""
-    for secret in secrets:
-        message = message.replace(secret, "[redacted]")
-    message = scrub_secrets(" ".join(message.split()))
-    return message if len(message) <= 400 else message[:399] + "…"
