@@ -235,6 +235,9 @@ PROXY_CONNECT_TIMEOUT = env.float("PROXY_CONNECT_TIMEOUT", default=10.0)
 PROXY_READ_TIMEOUT = env.float("PROXY_READ_TIMEOUT", default=600.0)
 PROXY_CORS_ALLOWED_ORIGINS = env.list("PROXY_CORS_ALLOWED_ORIGINS", default=[])
 PROXY_CORS_MAX_AGE = env.int("PROXY_CORS_MAX_AGE", default=7200)
+# How long a worker answers preflights from its copy of the origins projects allow (the real request is always
+# checked against its own project's list, read with the token).
+PROXY_CORS_PROJECT_ORIGINS_SECONDS = env.float("PROXY_CORS_PROJECT_ORIGINS_SECONDS", default=10.0)
 # JSON bodies up to this size are read for their model and whether they stream; larger ones pass untouched.
 PROXY_INSPECT_MAX_BYTES = env.int("PROXY_INSPECT_MAX_BYTES", default=4 * 1024 * 1024)
 # Threads (per worker) that write usage and, on SQLite, run admission statements; each has its own connection.

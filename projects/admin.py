@@ -22,13 +22,15 @@ from llmproxy.admin_toolkit import DetailPageMixin, NeverDeletedMixin, add_servi
 from llmproxy.audit import Actor
 from llmproxy.audit.history import AuditHistoryMixin
 from llmproxy.errors import ServiceError
+from proxy.probe import project_upstream_test
 from tokens.selectors import project_minting_keys, project_token_summary, project_unrevoked_token_count
 from tokens.services import project_set_active, project_tokens_revoke
 
-from .forms import ProjectCreateForm, ProjectEditForm
+from .forms import ProjectCreateForm, ProjectEditForm, ProjectPolicyForm, as_lines
 from .models import Project
+from .policy import POLICY_FIELDS
 from .selectors import project_list_with_token_counts
-from .services import project_create, project_set_limits, project_update
+from .services import project_create, project_set_limits, project_set_policy, project_update
 
 # The upstream key never reaches an error report: Django's reports list POST data, masked only where told so.
 sensitive_key = method_decorator(sensitive_post_parameters("api_key"))
@@ -118,6 +120,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
             path("<path:object_id>/activate/", view(self.activate_view), name=f"{info}_activate"),
             path("<path:object_id>/deactivate/", view(self.deactivate_view), name=f"{info}_deactivate"),
             path("<path:object_id>/revoke-tokens/", view(self.revoke_tokens_view), name=f"{info}_revoke_tokens"),
+            path("<path:object_id>/test-connection/", view(self.test_connection_view), name=f"{info}_test_connection"),
         ]
         return own + super().get_urls()
 
@@ -137,7 +140,9 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
                     name=form.cleaned_data["name"],
                     api_key=form.cleaned_data["api_key"],
                     actor=Actor.from_request(request),
+                    **form.upstream(),
                     **form.limits(),
+                    **form.policy(),
                 )
             except ServiceError as e:
                 add_service_error(form, e)
@@ -166,6 +171,10 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
             "can_change": can_change,
             "can_revoke_tokens": can_change and request.user.has_perm("tokens.change_token"),
             "can_generate_token": request.user.has_perm("tokens.add_token"),
+            "policy": [
+                (project._meta.get_field(name).verbose_name, as_lines(getattr(project, name)).splitlines())
+                for name in POLICY_FIELDS
+            ],
             "all_tokens_query": f"?project__id__exact={project.pk}",
             "generate_token_query": f"?project={project.pk}",
         }
@@ -174,7 +183,11 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
     def edit_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         project = self.get_object_or_404(request, object_id, change=True)
         data = request.POST if request.method == "POST" else None
-        initial = {"name": project.name, **{name: getattr(project, name) for name in ProjectEditForm.LIMITS}}
+        initial = {
+            "name": project.name,
+            **{name: getattr(project, name) for name in ProjectEditForm.LIMITS},
+            **ProjectPolicyForm.initial_for(project),
+        }
         form = ProjectEditForm(data, initial=initial, masked_key=project.api_key_masked)
         if form.is_valid():
             actor = Actor.from_request(request)
@@ -185,8 +198,10 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
                         name=form.cleaned_data["name"],
                         api_key=form.cleaned_data["api_key"] or None,
                         actor=actor,
+                        **form.upstream(),
                     )
                     project = project_set_limits(project=project, actor=actor, **form.limits())
+                    project = project_set_policy(project=project, actor=actor, **form.policy())
             except ServiceError as e:
                 add_service_error(form, e)
             else:
@@ -202,6 +217,20 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
             cancel_url=self._detail_url(project),
         )
         return TemplateResponse(request, self.form_template, context)
+
+    def test_connection_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: ask the upstream for its model list with the project's key; the outcome (never the key) shows on
+        the project page."""
+        project = self.get_object_or_404(request, object_id, change=True)
+        if request.method != "POST":
+            return HttpResponseRedirect(self._detail_url(project))
+        result = project_upstream_test(project=project)
+        if result.ok:
+            models = "" if result.model_count is None else f" It lists {result.model_count} models."
+            messages.success(request, f"The upstream answered with the project's key.{models}")
+        else:
+            messages.error(request, f"The upstream test failed: {result.message}")
+        return HttpResponseRedirect(self._detail_url(project))
 
     # --- activate / deactivate -----------------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from django import forms
 
 from .limits import BUDGET_MAX, BUDGET_MIN, BUDGET_PLACES, PER_MINUTE_MAX, BudgetPeriod
+from .policy import POLICY_FIELDS
+from .upstreams import URL_MAX_LENGTH, UpstreamAuth
 
 
 class ApiKeyInput(forms.PasswordInput):
@@ -65,22 +67,110 @@ class ProjectLimitsForm(forms.Form):
         return limits
 
 
-class ProjectCreateForm(ProjectLimitsForm):
-    field_order = ["name", "api_key"]
+def lines_field(label: str, help_text: str, placeholder: str) -> forms.CharField:
+    """A list, one entry per line (the services check each entry and name the one they refuse)."""
+    return forms.CharField(
+        label=label,
+        required=False,
+        strip=True,
+        help_text=help_text,
+        widget=forms.Textarea(
+            attrs={"rows": 3, "class": "vLargeTextField policy-list", "placeholder": placeholder, "spellcheck": "false"}
+        ),
+    )
+
+
+def as_lines(value) -> str:
+    """A stored list (or alias map) as the textarea shows it."""
+    if not value:
+        return ""
+    if isinstance(value, dict):
+        return "\n".join(f"{alias} = {model}" for alias, model in value.items())
+    return "\n".join(value)
+
+
+ALLOWED_MODELS_HELP = "One per line: a model name, or a prefix ending in * (gpt-4o*). Blank: any model."
+ALLOWED_IPS_HELP = "One per line: an IPv4 or IPv6 address or CIDR range (10.0.0.0/8, 2001:db8::/32). Blank: any."
+
+
+class ProjectPolicyForm(forms.Form):
+    """The upstream and the policy lists; blank lists are no restriction."""
+
+    upstream_url = forms.CharField(
+        label="Upstream URL",
+        required=False,
+        max_length=URL_MAX_LENGTH,
+        help_text="The API's base URL: https://api.anthropic.com/v1, https://NAME.openai.azure.com/openai/v1, "
+        "http://vllm.internal:8000/v1, … Blank: the proxy's UPSTREAM_BASE_URL (OpenAI).",
+        widget=forms.TextInput(attrs={"class": "vTextField", "placeholder": "the proxy's UPSTREAM_BASE_URL"}),
+    )
+    upstream_auth = forms.ChoiceField(
+        label="Key sent as",
+        required=False,
+        choices=[("", "What the URL implies"), *UpstreamAuth.choices],
+        help_text="Blank: api-key on Azure's hosts, x-api-key on api.anthropic.com, Authorization: Bearer elsewhere.",
+    )
+    allowed_models = lines_field("Allowed models", ALLOWED_MODELS_HELP, "gpt-4o-mini\ngpt-4.1*")
+    model_aliases = lines_field(
+        "Model aliases",
+        "One per line, alias = model (fast = gpt-4o-mini): the request's model is rewritten before it is forwarded "
+        "(on Azure, map to deployment names). Allowed models apply to the model it stands for.",
+        "fast = gpt-4o-mini",
+    )
+    allowed_endpoints = lines_field(
+        "Allowed endpoints",
+        "One per line, METHOD /path as in PROXY_ALLOWED_ENDPOINTS (POST /embeddings; * for one path segment). "
+        "Blank: all of those.",
+        "POST /chat/completions\nPOST /embeddings",
+    )
+    allowed_origins = lines_field(
+        "Allowed web origins",
+        "One per line: the browser origins the tokens may be used from (https://app.example.com). Blank: as the "
+        "proxy's PROXY_CORS_ALLOWED_ORIGINS says. Requests without an Origin (servers) are not affected.",
+        "https://app.example.com",
+    )
+    allowed_ips = lines_field("Allowed client addresses", ALLOWED_IPS_HELP, "10.0.0.0/8")
+
+    def upstream(self) -> dict:
+        return {
+            "upstream_url": self.cleaned_data["upstream_url"],
+            "upstream_auth": self.cleaned_data["upstream_auth"],
+        }
+
+    def policy(self) -> dict:
+        return {name: self.cleaned_data[name] or None for name in POLICY_FIELDS}
+
+    @staticmethod
+    def initial_for(project) -> dict:
+        return {
+            "upstream_url": project.upstream_url,
+            "upstream_auth": project.upstream_auth,
+            **{name: as_lines(getattr(project, name)) for name in POLICY_FIELDS},
+        }
+
+
+class ProjectCreateForm(ProjectLimitsForm, ProjectPolicyForm):
+    field_order = ["name", "upstream_url", "upstream_auth", "api_key"]
 
     name = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"class": "vTextField", "autofocus": True}))
-    api_key = forms.CharField(label="OpenAI API key", strip=True, widget=ApiKeyInput(attrs={"placeholder": "sk-…"}))
+    api_key = forms.CharField(
+        label="Upstream API key",
+        strip=True,
+        help_text="For OpenAI itself a complete sk-… key; for another upstream, its key as issued.",
+        widget=ApiKeyInput(attrs={"placeholder": "sk-…"}),
+    )
 
 
-class ProjectEditForm(ProjectLimitsForm):
-    field_order = ["name", "api_key"]
+class ProjectEditForm(ProjectLimitsForm, ProjectPolicyForm):
+    field_order = ["name", "upstream_url", "upstream_auth", "api_key"]
 
     name = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"class": "vTextField"}))
     api_key = forms.CharField(
-        label="OpenAI API key",
+        label="Upstream API key",
         required=False,
         strip=True,
-        help_text="Leave blank to keep the current key. A new key is used by the very next proxied request.",
+        help_text="Leave blank to keep the current key (it must then fit the upstream's key rule). A new key is "
+        "used by the very next proxied request.",
         widget=ApiKeyInput(),
     )
 

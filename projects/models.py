@@ -6,19 +6,35 @@ from django.db import models
 from django.db.models.functions import Lower
 
 from . import crypto
-from .keys import mask_api_key, validate_api_key
 from .limits import BudgetPeriod, SpendLimits, period_key, period_resets_at
+from .policy import AccessPolicy
+from .upstreams import URL_MAX_LENGTH, UpstreamAuth, base_url, mask_api_key, validate_api_key
 
 
-class Project(SpendLimits):
-    """An upstream OpenAI API key, with the tokens handed out against it. Never deleted: kept for the audit.
+class Project(SpendLimits, AccessPolicy):
+    """An upstream (its URL, how its key is sent, the key), with the tokens handed out against it. Never deleted:
+    kept for the audit.
 
     Its limits hold for all its tokens together; its budget counts per `budget_period` (`spent_usd` is the spend
-    of the period `spend_period` names).
+    of the period `spend_period` names). Its policy (projects.policy) holds for all its tokens, each of which may
+    narrow it.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
+    upstream_url = models.CharField(
+        max_length=URL_MAX_LENGTH,
+        blank=True,
+        default="",
+        verbose_name="upstream URL",
+        help_text="The API's base URL, e.g. https://api.anthropic.com/v1; blank: the proxy's UPSTREAM_BASE_URL.",
+    )
+    upstream_auth = models.CharField(
+        max_length=16,
+        choices=UpstreamAuth.choices,
+        default=UpstreamAuth.BEARER,
+        verbose_name="key sent as",
+    )
     api_key_ciphertext = models.TextField(editable=False)
     api_key_updated_at = models.DateTimeField(editable=False, verbose_name="API key set")
     is_active = models.BooleanField(default=True, verbose_name="active")
@@ -32,6 +48,18 @@ class Project(SpendLimits):
         help_text="The budget counts per calendar period in UTC, and starts again at its end.",
     )
     spend_period = models.BigIntegerField(default=0, editable=False)
+    model_aliases = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='Other names for models, {"fast": "gpt-4o-mini"}: the request\'s model is rewritten before it is '
+        "forwarded.",
+    )
+    allowed_endpoints = models.JSONField(
+        null=True, blank=True, help_text="METHOD /path entries within PROXY_ALLOWED_ENDPOINTS. Empty: all of those."
+    )
+    allowed_origins = models.JSONField(
+        null=True, blank=True, help_text="Browser origins (https://app.example.com) the tokens may be used from."
+    )
 
     COUNTERS = (*SpendLimits.COUNTERS, "spend_period")
 
@@ -50,8 +78,14 @@ class Project(SpendLimits):
         return self.name
 
     def set_api_key(self, plaintext: str) -> None:
-        validate_api_key(plaintext)
+        """Checked by the rule of the project's upstream (set that first)."""
+        validate_api_key(plaintext, self.upstream_url)
         self.api_key_ciphertext = crypto.encrypt(plaintext)
+
+    @property
+    def base_url(self) -> str:
+        """Where its requests go: its own upstream URL, else the proxy's UPSTREAM_BASE_URL."""
+        return base_url(self.upstream_url)
 
     @property
     def api_key(self) -> str:

@@ -35,3 +35,13 @@ def project_by_reference(reference: str) -> Project | None:
         return Project.objects.filter(pk=uuid.UUID(reference)).first()
     except ValueError:
         return Project.objects.filter(name__iexact=reference).first()
+
+
+def origins_allowed_by_projects() -> frozenset[str]:
+    """Every browser origin some active project allows (for CORS preflights, which carry no token)."""
+    origins: set[str] = set()
+    for listed in Project.objects.filter(is_active=True, allowed_origins__isnull=False).values_list(
+        "allowed_origins", flat=True
+    ):
+        origins.update(listed or ())
+    return frozenset(origins)

@@ -14,9 +14,18 @@ from llmproxy.audit import Actor, audited, log_updates
 from llmproxy.errors import ServiceError
 
 from . import crypto
-from .keys import INVALID_API_KEY
 from .limits import clean_limits
 from .models import Project
+from .policy import POLICY_FIELDS, clean_policy
+from .upstreams import (
+    INVALID_API_KEY,
+    clean_upstream_auth,
+    clean_upstream_url,
+    default_auth,
+    key_rule,
+    uses_openai,
+    validate_api_key,
+)
 
 DUPLICATE_NAME = "A project with this name already exists."
 NAME_MAX_LENGTH = Project._meta.get_field("name").max_length
@@ -42,12 +51,26 @@ def _name_taken(name: str, *, exclude: Project | None = None) -> bool:
     return qs.exists()
 
 
+def _invalid_key(upstream_url: str) -> ServiceError:
+    """The guide's words for OpenAI's keys; what is expected instead for other upstreams."""
+    if uses_openai(upstream_url):
+        return ServiceError("invalid_format", INVALID_API_KEY, field="api_key")
+    message = f"{INVALID_API_KEY}: for this upstream, {key_rule(upstream_url)}."
+    return ServiceError("invalid_format", message, field="api_key")
+
+
 def _set_api_key(project: Project, api_key: str) -> None:
     try:
         project.set_api_key(api_key)
     except ValidationError:
-        raise ServiceError("invalid_api_key", INVALID_API_KEY, field="api_key") from None
+        raise _invalid_key(project.upstream_url) from None
     project.api_key_updated_at = timezone.now()
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    """A project's limits and its policy lists, checked; any other name is a bug of the caller."""
+    policy = {name: options.pop(name) for name in POLICY_FIELDS if name in options}
+    return clean_limits(options), clean_policy(policy)
 
 
 def _save(project: Project, **kwargs) -> None:
@@ -58,9 +81,22 @@ def _save(project: Project, **kwargs) -> None:
         raise _duplicate_name() from None  # a concurrent create or rename took the name after the check
 
 
-def project_create(*, name: str, api_key: str, actor: Actor, **limits) -> Project:
-    """A new, active project; `limits`: any of requests_per_minute, tokens_per_minute, budget_usd, budget_period."""
-    project = Project(name=_clean_name(name), **clean_limits(limits))
+def project_create(
+    *,
+    name: str,
+    api_key: str,
+    actor: Actor,
+    upstream_url: str = "",
+    upstream_auth: str | None = None,
+    **options,
+) -> Project:
+    """A new, active project. `upstream_url`: blank for the global one; `upstream_auth`: None for the style its
+    URL implies (projects.upstreams.default_auth). `options`: any of its limits (requests_per_minute,
+    tokens_per_minute, budget_usd, budget_period) and policy lists (projects.policy.POLICY_FIELDS)."""
+    limits, policy = _split_options(dict(options))
+    upstream_url = clean_upstream_url(upstream_url)
+    auth = clean_upstream_auth(upstream_auth) if upstream_auth else default_auth(upstream_url)
+    project = Project(name=_clean_name(name), upstream_url=upstream_url, upstream_auth=auth, **limits, **policy)
     _set_api_key(project, api_key)
     if _name_taken(project.name):
         raise _duplicate_name()
@@ -69,8 +105,22 @@ def project_create(*, name: str, api_key: str, actor: Actor, **limits) -> Projec
     return project
 
 
-def project_update(*, project: Project, actor: Actor, name: str | None = None, api_key: str | None = None) -> Project:
-    """Rename and/or rotate the upstream key. A blank `api_key` keeps the current one."""
+def project_update(
+    *,
+    project: Project,
+    actor: Actor,
+    name: str | None = None,
+    api_key: str | None = None,
+    upstream_url: str | None = None,
+    upstream_auth: str | None = None,
+) -> Project:
+    """Rename, move to another upstream and/or rotate the upstream key. A blank `api_key` keeps the current one,
+    which must then fit the new upstream's key rule; an empty `upstream_auth` is the style the URL implies. None:
+    unchanged."""
+    if upstream_url is not None:
+        upstream_url = clean_upstream_url(upstream_url)
+    if upstream_auth:
+        upstream_auth = clean_upstream_auth(upstream_auth)
     with transaction.atomic(), audited(actor):
         project = Project.objects.select_for_update().get(pk=project.pk)
         if name is not None:
@@ -78,9 +128,47 @@ def project_update(*, project: Project, actor: Actor, name: str | None = None, a
             if name != project.name and _name_taken(name, exclude=project):
                 raise _duplicate_name()
             project.name = name
+        if upstream_url is not None and upstream_url != project.upstream_url:
+            project.upstream_url = upstream_url
+            if not api_key:
+                _check_current_key(project)
+        if upstream_auth is not None:
+            project.upstream_auth = upstream_auth or default_auth(project.upstream_url)
         if api_key:
             _set_api_key(project, api_key)
         _save(project)
+    return project
+
+
+def _check_current_key(project: Project) -> None:
+    """A project moved to another upstream keeps its key only if the key fits that upstream's rule."""
+    try:
+        validate_api_key(project.api_key, project.upstream_url)
+    except crypto.KeyDecryptionError:
+        raise ServiceError(
+            "api_key_required", "The current key cannot be decrypted: enter the key for this upstream.", field="api_key"
+        ) from None
+    except ValidationError:
+        raise ServiceError(
+            "api_key_required",
+            f"{INVALID_API_KEY}: the current key does not fit this upstream ({key_rule(project.upstream_url)}); "
+            "enter its key.",
+            field="api_key",
+        ) from None
+
+
+def project_set_policy(*, project: Project, actor: Actor, **policy) -> Project:
+    """Set, change or remove (None or empty) the policy lists given; the others stay. Each bites on the next request.
+
+    Tokens that narrow a list keep their own lists: the policy in force is always the intersection."""
+    cleaned = clean_policy(policy)
+    with transaction.atomic(), audited(actor):
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        changed = [name for name, value in cleaned.items() if getattr(project, name) != value]
+        for name in changed:
+            setattr(project, name, cleaned[name])
+        if changed:
+            project.save(update_fields=[*changed, "updated_at"])
     return project
 
 

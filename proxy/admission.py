@@ -14,6 +14,10 @@ token that depends on it. (A form that checks in an `IN (SELECT …)` subquery w
 and over-admits.) A project without a per-minute request limit is not written at all, so its tokens do not queue on
 its row. On SQLite, which lets one writer in at a time, the same checks and counts are one IMMEDIATE transaction.
 
+The statement also returns where the request goes (the project's upstream URL, auth style and encrypted key) and the
+policy lists of the project and the token, as the JSON text stored (projects.policy compiles each distinct text
+once): so a change of upstream or policy, like a revocation, bites on the next request, with no cache to go stale.
+
 The token's conditions are the status rule of `tokens.models.status_conditions` for "active", plus an active
 project; a test checks that both agree. Tokens-per-minute and dollars are known only after a response: admission
 refuses once they have reached their limit, and `proxy.settlement` charges them before the response ends.
@@ -34,6 +38,8 @@ from django.utils import timezone
 
 from projects.limits import minute_key, minute_reset_seconds, period_keys
 from projects.models import Project
+from projects.policy import UNRESTRICTED, RequestPolicy, request_policy
+from projects.upstreams import base_url
 from tokens.models import Token, TokenStatus
 
 from . import db, errors
@@ -74,17 +80,34 @@ class Allowance:
 
 @dataclass(frozen=True)
 class Admission:
-    """What admission decided: admitted (no `refusal`, the project's encrypted key and the allowance), or refused and
-    why. The token and its project are named whenever they are known, refused or not."""
+    """What admission decided: admitted (no `refusal`; where to and how: the project's upstream, its encrypted key,
+    the policy in force and the allowance), or refused and why. The token and its project are named whenever they
+    are known, refused or not."""
 
     token_id: uuid.UUID | None
     project_id: uuid.UUID | None
     api_key_ciphertext: str = ""
     refusal: errors.Refusal | None = None
     allowance: Allowance | None = None
+    base_url: str = ""
+    upstream_auth: str = ""
+    policy: RequestPolicy = UNRESTRICTED
 
 
 # --- the statement ------------------------------------------------------------------------------------------------
+
+# The policy lists (projects.policy), as the JSON text stored: the order of `request_policy`'s parameters.
+_POLICY_COLUMNS = ("p_models", "p_aliases", "p_endpoints", "p_origins", "p_ips", "t_models", "t_ips")
+_POLICY_SOURCES = (
+    "p.allowed_models",
+    "p.model_aliases",
+    "p.allowed_endpoints",
+    "p.allowed_origins",
+    "p.allowed_ips",
+    "t.allowed_models",
+    "t.allowed_ips",
+)
+_POLICY_NAMED = tuple(zip(_POLICY_SOURCES, _POLICY_COLUMNS, strict=True))
 
 _RETURNED = (
     "token_id",
@@ -101,6 +124,9 @@ _RETURNED = (
     "p_tpm_used",
     "t_budget",
     "p_budget",
+    "upstream_url",
+    "upstream_auth",
+    *_POLICY_COLUMNS,
 )
 
 _CONDITIONS = """
@@ -130,7 +156,8 @@ WITH ok AS (
         t.requests_per_minute AS t_rpm, {_NEXT_MINUTE.format(t="t.")} AS t_rpm_count, p.requests_per_minute AS p_rpm,
         t.tokens_per_minute AS t_tpm, {_USED.format(t="t.")} AS t_tpm_used,
         p.tokens_per_minute AS p_tpm, {_USED.format(t="p.")} AS p_tpm_used,
-        t.budget_usd AS t_budget, p.budget_usd AS p_budget
+        t.budget_usd AS t_budget, p.budget_usd AS p_budget, p.upstream_url, p.upstream_auth,
+        {", ".join(f"CAST({source} AS text) AS {name}" for source, name in _POLICY_NAMED)}
     FROM {token} AS t, {project} AS p
     WHERE {_CONDITIONS}
     FOR UPDATE OF t
@@ -148,7 +175,8 @@ WITH ok AS (
     RETURNING t.id
 )
 SELECT ok.token_id, ok.project_id, ok.api_key_ciphertext, ok.max_requests, ok.t_rpm, ok.t_rpm_count, ok.p_rpm,
-    (SELECT rpm_count FROM minute), ok.t_tpm, ok.t_tpm_used, ok.p_tpm, ok.p_tpm_used, ok.t_budget, ok.p_budget
+    (SELECT rpm_count FROM minute), ok.t_tpm, ok.t_tpm_used, ok.p_tpm, ok.p_tpm_used, ok.t_budget, ok.p_budget,
+    ok.upstream_url, ok.upstream_auth, {", ".join(f"ok.{name}" for name in _POLICY_COLUMNS)}
 FROM ok JOIN counted ON counted.id = ok.token_id
 """
 
@@ -169,7 +197,9 @@ FROM {project} AS p
 WHERE {_CONDITIONS}
 RETURNING id, project_id, {of_project("api_key_ciphertext")}, max_requests, requests_per_minute, rpm_count,
     {of_project("requests_per_minute")}, NULL, tokens_per_minute, {_USED.format(t="")},
-    {of_project("tokens_per_minute")}, {of_project(_USED.format(t="p."))}, budget_usd, {of_project("budget_usd")}
+    {of_project("tokens_per_minute")}, {of_project(_USED.format(t="p."))}, budget_usd, {of_project("budget_usd")},
+    {of_project("upstream_url")}, {of_project("upstream_auth")},
+    {", ".join(of_project(source[2:]) if source.startswith("p.") else source[2:] for source in _POLICY_SOURCES)}
 """
     minute = f"""
 UPDATE {project} SET rpm_count = {_NEXT_MINUTE.format(t="")}, rpm_minute = %(minute)s
@@ -220,6 +250,9 @@ def _admitted(row: tuple, now: datetime) -> Admission:
         project_id=_uuid(values["project_id"]),
         api_key_ciphertext=values["api_key_ciphertext"],
         allowance=allowance,
+        base_url=base_url(values["upstream_url"]),
+        upstream_auth=values["upstream_auth"],
+        policy=request_policy(*(values[name] for name in _POLICY_COLUMNS)),
     )
 
 

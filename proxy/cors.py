@@ -1,11 +1,23 @@
-"""CORS for browser integrations: only origins named in PROXY_CORS_ALLOWED_ORIGINS ("*" allows any) get headers.
+"""CORS for browser integrations: only origins named in PROXY_CORS_ALLOWED_ORIGINS ("*" allows any), or in a
+project's `allowed_origins` for that project's tokens, get headers.
 
-Preflights are answered without a token. No credentials mode: the token travels in the Authorization header.
+Preflights are answered without a token, so for any origin allowed by the global list or by some active project
+(read at most every PROXY_CORS_PROJECT_ORIGINS_SECONDS); the real request is then checked against its own project's
+list. No credentials mode: the token travels in the Authorization header.
 """
 
+import logging
+import time
 from functools import lru_cache
 
 from django.conf import settings
+from django.db import DatabaseError
+
+from projects.selectors import origins_allowed_by_projects
+
+from . import db
+
+logger = logging.getLogger(__name__)
 
 EXPOSED = "X-Request-ID, X-Upstream-Request-ID, Server-Timing"
 _DEFAULT_REQUEST_HEADERS = "Authorization, Content-Type"
@@ -21,6 +33,24 @@ def allowed(origin: str | None) -> bool:
         return False
     origins = _allowed(tuple(settings.PROXY_CORS_ALLOWED_ORIGINS))
     return origin in origins or "*" in origins
+
+
+_project_origins: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+
+async def preflight_allowed(origin: str | None) -> bool:
+    global _project_origins
+    if not origin or allowed(origin):
+        return bool(origin)
+    read_at, origins = _project_origins
+    if time.monotonic() - read_at > settings.PROXY_CORS_PROJECT_ORIGINS_SECONDS:
+        try:
+            origins = await db.run(origins_allowed_by_projects)
+        except DatabaseError:
+            logger.warning("preflight: the projects' origins cannot be read (database unavailable); using the last")
+        else:
+            _project_origins = (time.monotonic(), origins)
+    return origin.rstrip("/") in origins
 
 
 def response_headers(origin: str) -> dict[str, str]:

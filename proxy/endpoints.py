@@ -5,11 +5,9 @@ query and never reaches the upstream. The list is checked against the decoded pa
 the client sent it, so first the two must have the same segments (`plain_path`).
 """
 
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 
-from django.conf import settings
+from llmproxy.endpoint_rules import proxy_allow_list
 
 
 @dataclass(frozen=True)
@@ -19,45 +17,12 @@ class EndpointCheck:
     methods: tuple[str, ...]  # the methods the path allows, for the `Allow` header
 
 
-@dataclass(frozen=True)
-class AllowList:
-    exact: dict[str, frozenset[str]]
-    patterns: tuple[tuple[re.Pattern, frozenset[str]], ...]
-
-    def methods_for(self, path: str) -> frozenset[str]:
-        methods = set(self.exact.get(path, ()))
-        for pattern, allowed in self.patterns:
-            if pattern.fullmatch(path):
-                methods |= allowed
-        return frozenset(methods)
-
-
-def _compile(entries: tuple[str, ...]) -> AllowList:
-    exact: dict[str, set[str]] = {}
-    patterns: dict[str, set[str]] = {}
-    for entry in entries:
-        method, _, path = entry.strip().partition(" ")
-        path = "/" + path.strip().strip("/")
-        target = patterns if "*" in path else exact
-        target.setdefault(path, set()).add(method.upper())
-    compiled = tuple(
-        (re.compile("/".join("[^/]+" if part == "*" else re.escape(part) for part in path.split("/"))), frozenset(m))
-        for path, m in patterns.items()
-    )
-    return AllowList(exact={p: frozenset(m) for p, m in exact.items()}, patterns=compiled)
-
-
-@lru_cache(maxsize=4)
-def _allow_list(entries: tuple[str, ...]) -> AllowList:
-    return _compile(entries)
-
-
 def check(method: str, path: str) -> EndpointCheck:
     """`path` is the part after `/v1`, decoded, e.g. `/chat/completions`."""
     segments = path.split("/")[1:]
     if not path.startswith("/") or any(s in ("", ".", "..") for s in segments):
         return EndpointCheck(allowed=False, known_path=False, methods=())
-    methods = _allow_list(tuple(settings.PROXY_ALLOWED_ENDPOINTS)).methods_for(path)
+    methods = proxy_allow_list().methods_for(path)
     return EndpointCheck(allowed=method in methods, known_path=bool(methods), methods=tuple(sorted(methods)))
 
 

@@ -190,16 +190,70 @@ def project_budget_exceeded(budget: Decimal, period: str, resets_at: datetime | 
     )
 
 
+def _shown(value: str) -> str:
+    return scrub_secrets(value)[:100] or "(none)"
+
+
 def model_not_priced(model: str) -> Refusal:
     """A dollar budget applies, and the model has no price: it would cost an unknown amount, so it is refused."""
-    shown = scrub_secrets(model)[:100] or "(none)"
     return Refusal(
         403,
         "model_not_priced",
-        f"The model {shown!r} has no price, and a dollar budget applies to this token or its project, so it cannot "
-        "be used until an operator adds a price (admin: Model prices; PUT /manage/prices/{model}; or "
+        f"The model {_shown(model)!r} has no price, and a dollar budget applies to this token or its project, so it "
+        "cannot be used until an operator adds a price (admin: Model prices; PUT /manage/prices/{model}; or "
         "manage.py load_prices).",
         param="model",
+    )
+
+
+def model_not_allowed(model: str) -> Refusal:
+    return Refusal(
+        403,
+        "model_not_allowed",
+        f"The model {_shown(model)!r} is not allowed for this token. Ask the operator which models it may use "
+        "(GET /v1/models lists them).",
+        param="model",
+    )
+
+
+def duplicate_model() -> Refusal:
+    return Refusal(
+        400,
+        "duplicate_model",
+        "The request body names its model more than once; send one model field.",
+        param="model",
+    )
+
+
+def endpoint_not_allowed_for_project(method: str, path: str) -> Refusal:
+    return Refusal(403, "endpoint_not_allowed", f"This token may not call {method} {path}. Ask the operator.")
+
+
+def origin_not_allowed(origin: str) -> Refusal:
+    return Refusal(
+        403,
+        "origin_not_allowed",
+        f"This token may not be used from the web origin {_shown(origin)!r}. Ask the operator.",
+        event=(SecurityEventKind.POLICY_REFUSED, SecurityEventReason.ORIGIN),
+    )
+
+
+def ip_not_allowed() -> Refusal:
+    return Refusal(
+        403,
+        "ip_not_allowed",
+        "This token may not be used from your network address. Ask the operator.",
+        event=(SecurityEventKind.POLICY_REFUSED, SecurityEventReason.IP),
+    )
+
+
+def upstream_address_refused() -> Refusal:
+    """The project's upstream resolved to an address the egress guard refuses (llmproxy.egress): never connected."""
+    return Refusal(
+        502,
+        "upstream_address_refused",
+        "The project's upstream resolves to an address the proxy may not connect to. Ask the operator.",
+        "server_error",
     )
 
 

@@ -13,7 +13,7 @@ from . import cors, errors, headers
 from .writer import Record, writer
 
 # The request headers the proxy itself reads (all of them are forwarded, or dropped, by `headers`).
-READ_HEADERS = frozenset({b"authorization", b"origin", b"x-request-id", b"content-type"})
+READ_HEADERS = frozenset({b"authorization", b"x-api-key", b"origin", b"x-request-id", b"content-type"})
 
 
 def read_headers(scope: dict) -> dict[bytes, str]:
@@ -32,7 +32,8 @@ class Exchange:
     path: str  # as recorded: `/v1/…`, decoded, without the query
     request_id: str
     client_ip: str | None
-    origin: str | None  # only when it is an allowed origin
+    origin: str | None  # only when it is an allowed origin: the responses' CORS headers name it
+    origin_sent: str | None = None  # the request's Origin, allowed or not
     started: float = field(default_factory=time.perf_counter)
     arrived: datetime = field(default_factory=lambda: datetime.now(UTC))
     token_prefix: str = ""
@@ -51,6 +52,7 @@ class Exchange:
             request_id=headers.request_id(read.get(b"x-request-id")),
             client_ip=client[0] if client else None,
             origin=origin if cors.allowed(origin) else None,
+            origin_sent=origin,
         )
 
     def elapsed_ms(self, until: float | None = None) -> float:

@@ -64,9 +64,10 @@ _IDENTITY = (b"accept-encoding", b"identity")
 
 
 def upstream_request_headers(
-    client_headers: list[tuple[bytes, bytes]], *, api_key: bytes, request_id: bytes
+    client_headers: list[tuple[bytes, bytes]], *, auth: tuple[bytes, bytes], request_id: bytes
 ) -> list[tuple[bytes, bytes]]:
-    """The client's headers minus the forbidden ones, plus the project's key and the request ID.
+    """The client's headers minus the forbidden ones, plus the header with the project's key (`auth`, as its
+    upstream takes it: projects.upstreams.auth_header) and the request ID.
 
     The upstream is asked for an uncompressed body, so the proxy can read usage from it as it passes.
     """
@@ -79,7 +80,7 @@ def upstream_request_headers(
         for name, value in client_headers
         if name not in _REQUEST_DROP and not name.startswith(b"x-forwarded-") and name not in named_hop_by_hop
     ]
-    headers.append((b"authorization", b"Bearer " + api_key))
+    headers.append(auth)
     headers.append((b"x-request-id", request_id))
     headers.append(_IDENTITY)
     return headers

@@ -1,4 +1,4 @@
-"""The "test connection" probe: a project's upstream asked for its model list with the project's key, through a
+"""The "test connection" of a project: its upstream asked for its model list with the project's key, through a
 one-off transport guarded like the proxy's (llmproxy.egress); what it answered, in one line that never holds the key.
 """
 
@@ -18,6 +18,9 @@ from llmproxy.egress import (
     new_transport,
 )
 from llmproxy.security.scrub import scrub_secrets
+from projects import crypto
+from projects.models import Project
+from projects.upstreams import ANTHROPIC_VERSION, UpstreamAuth, auth_header
 
 PROBE_TIMEOUT = 10.0
 PROBE_MAX_BODY_BYTES = 8 * 1024 * 1024  # a model list larger than this is not read to its end
@@ -25,10 +28,25 @@ PROBE_MAX_BODY_BYTES = 8 * 1024 * 1024  # a model list larger than this is not r
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """What the upstream answered."""
+
     ok: bool
     status: int | None  # the upstream's HTTP status; None when no answer came
     message: str  # one line, for the operator; never contains the key
     model_count: int | None = None
+
+
+def project_upstream_test(*, project: Project) -> ProbeResult:
+    """The project's upstream asked with its key and auth style (nothing is written): whether the URL, the auth
+    style and the key work together, or what the upstream said. What the admin, the API and the command call."""
+    try:
+        key = project.api_key.encode()
+    except crypto.KeyDecryptionError:
+        return ProbeResult(False, None, "The stored key cannot be decrypted with ENCRYPTION_KEYS.")
+    headers = [auth_header(project.upstream_auth, key)]
+    if project.upstream_auth == UpstreamAuth.X_API_KEY:
+        headers.append((b"anthropic-version", ANTHROPIC_VERSION.encode()))
+    return probe_sync(project.base_url, headers)
 
 
 async def probe(base_url: str, headers: list[tuple[bytes, bytes]]) -> ProbeResult:

@@ -15,6 +15,7 @@ come).
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
@@ -33,6 +34,7 @@ from .prices import Price
 logger = logging.getLogger(__name__)
 
 JSON_TAIL_BYTES = 16 * 1024
+REWRITE_MAX_BYTES = 8 << 20  # a body the proxy rewrites whole (a model list) is read whole: it must stay small
 
 
 class UpstreamInterrupted(Exception):
@@ -62,14 +64,19 @@ class Relay:
         sent_at: float,
         stream_usage: StreamUsage | None,
         settle: Settlement | None = None,
+        rewrite: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        """`rewrite`: the body is read whole and what it returns is sent instead (a model list the policy filters)."""
         self.exchange = exchange
         self.upstream = upstream
         self.sent_at = sent_at
         self.stream_usage = stream_usage
         self.settle = settle
+        self.rewrite = rewrite
+        self.whole = bytearray()
         content_type = upstream.headers.get("content-type", "")
-        self.json_tail: bytearray | None = bytearray() if content_type.startswith("application/json") else None
+        json_body = content_type.startswith("application/json") and rewrite is None
+        self.json_tail: bytearray | None = bytearray() if json_body else None
         self.first_byte_at: float | None = None
         self.finished = False
         self.settled = False
@@ -84,6 +91,11 @@ class Relay:
         held = b""  # the last chunk of a body whose end waits for the settlement
         try:
             async for chunk in self.upstream.aiter_raw():
+                if self.rewrite is not None:
+                    self.whole += chunk
+                    if len(self.whole) > REWRITE_MAX_BYTES:
+                        raise httpx.DecodingError("a body to rewrite is larger than REWRITE_MAX_BYTES")
+                    continue
                 if self.json_tail is not None:
                     self.json_tail += chunk
                     if len(self.json_tail) > 2 * JSON_TAIL_BYTES:
@@ -96,6 +108,8 @@ class Relay:
                     if self.first_byte_at is None:
                         self.first_byte_at = time.perf_counter()
                     yield chunk
+            if self.rewrite is not None:
+                held = self.rewrite(bytes(self.whole))
             if self.stream_usage is not None:
                 held = self.stream_usage.finish()
                 if self.settle is not None:

@@ -1,8 +1,10 @@
-"""`/v1/<path>`: check the endpoint, admit the token, forward to the upstream, pass the response on as it comes.
+"""`/v1/<path>`: check the endpoint, admit the token, apply its project's policy, forward to the project's upstream,
+pass the response on as it comes.
 
 The order is cheapest first: the path, the allow-list and the token's shape need no database; admission is one
-statement (plus one more only to explain a refusal); the database is not touched again until the usage record, which
-a background thread writes after the last byte.
+statement (plus one more only to explain a refusal) that also returns the project's upstream and the policy lists;
+the database is not touched again until the usage record, which a background thread writes after the last byte (a
+request refused after admission, by the policy or the upstream, first gives its count back).
 """
 
 import asyncio
@@ -12,17 +14,19 @@ from functools import lru_cache
 
 import httpx
 import psycopg
-from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.encoding import escape_uri_path
 from django.views.decorators.csrf import csrf_exempt
 from psycopg_pool import PoolTimeout
 
+from llmproxy import egress
 from projects import crypto
+from projects.policy import UNRESTRICTED, RequestPolicy
+from projects.upstreams import auth_header
 from tokens import secret
 
-from . import admission, cors, endpoints, errors, headers, payload, prices, settlement, upstream
+from . import admission, cors, endpoints, errors, headers, model_list, payload, prices, settlement, upstream
 from .counting import StreamUsage
 from .exchange import Exchange, read_headers, token_prefix
 from .relay import SETTLE_ERRORS, Relay, Settlement
@@ -45,7 +49,7 @@ async def forward(request: HttpRequest, path: str) -> HttpResponse:
     api_path = "/" + path
     try:
         if request.method == "OPTIONS":
-            return preflight(request, exchange, api_path)
+            return await preflight(request, exchange, api_path)
         return await _forward(request, scope, exchange, api_path, read)
     except asyncio.CancelledError:
         exchange.record(status=499, duration_ms=exchange.elapsed_ms(), client_aborted=True)
@@ -67,8 +71,9 @@ async def _give_back_and_refuse(exchange: Exchange, admitted: admission.Admissio
     return exchange.refuse(refusal)
 
 
-def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpResponse:
-    """Answered without a token. Only an allowed origin gets CORS headers (so the browser lets the call through)."""
+async def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpResponse:
+    """Answered without a token. Only an allowed origin (by the global list, or by some active project) gets CORS
+    headers (so the browser lets the call through); the call itself is checked against its token's project."""
     check = endpoints.check("OPTIONS", api_path)
     if not check.known_path:
         response = errors.refusal_response(errors.endpoint_not_allowed("OPTIONS", exchange.path))
@@ -76,11 +81,40 @@ def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpRe
         return response
     response = HttpResponse(status=204, headers={"X-Request-ID": exchange.request_id})
     response["Allow"] = ", ".join((*check.methods, "OPTIONS"))
-    if exchange.origin:
+    if await cors.preflight_allowed(exchange.origin_sent):
         requested = request.headers.get("Access-Control-Request-Headers")
-        for name, value in cors.preflight_headers(exchange.origin, check.methods, requested).items():
+        for name, value in cors.preflight_headers(exchange.origin_sent, check.methods, requested).items():
             response[name] = value
     return response
+
+
+def _presented_token(read: dict[bytes, str]) -> str | None:
+    """The client's credential: `Authorization: Bearer …` (the OpenAI SDKs), else `x-api-key` (Anthropic's)."""
+    return secret.bearer(read.get(b"authorization", "")) or read.get(b"x-api-key", "").strip() or None
+
+
+def _policy_refusal(exchange: Exchange, policy: RequestPolicy, method: str, api_path: str) -> errors.Refusal | None:
+    """What the project's policy (narrowed by the token's) says about where the request comes from and what it
+    calls; the model is checked once the body is read. Answers from an origin the project allows carry CORS."""
+    if not policy.allows_ip(exchange.client_ip):
+        return errors.ip_not_allowed()
+    if policy.origins is not None and exchange.origin_sent:
+        if not policy.allows_origin(exchange.origin_sent):
+            return errors.origin_not_allowed(exchange.origin_sent)
+        exchange.origin = exchange.origin_sent
+    if not policy.allows_endpoint(method, api_path):
+        return errors.endpoint_not_allowed_for_project(method, exchange.path)
+    return None
+
+
+def _model_in_path(api_path: str, forwarded_path: str, policy: RequestPolicy) -> tuple[str, str]:
+    """`GET /models/{model}`: the model it names, and the path with an alias resolved."""
+    prefix = "/models/"
+    if not api_path.startswith(prefix) or "/" in api_path[len(prefix) :]:
+        return "", forwarded_path
+    model = api_path[len(prefix) :]
+    target = policy.resolve(model)
+    return target, (prefix + escape_uri_path(target) if target != model else forwarded_path)
 
 
 async def _forward(
@@ -97,7 +131,7 @@ async def _forward(
             return exchange.refuse(errors.method_not_allowed(method, exchange.path, check.methods), {"Allow": allow})
         return exchange.refuse(errors.endpoint_not_allowed(method, exchange.path))
 
-    presented = secret.bearer(read.get(b"authorization", ""))
+    presented = _presented_token(read)
     if presented is None:
         return exchange.refuse(errors.missing_token())
     exchange.token_prefix = token_prefix(presented)
@@ -114,6 +148,9 @@ async def _forward(
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
     if admitted.refusal is not None:
         return exchange.refuse(admitted.refusal)
+    policy = admitted.policy
+    if policy is not UNRESTRICTED and (refusal := _policy_refusal(exchange, policy, method, api_path)):
+        return await _give_back_and_refuse(exchange, admitted, refusal)
     allowance = admitted.allowance
     try:
         api_key = _upstream_key(admitted.api_key_ciphertext)
@@ -121,19 +158,33 @@ async def _forward(
         logger.error("the upstream key of project %s cannot be decrypted with ENCRYPTION_KEYS", admitted.project_id)
         return await _give_back_and_refuse(exchange, admitted, errors.upstream_key_unusable())
 
-    sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path)
+    forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
+    sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path, policy)
     exchange.model = sent.model
+    lists_models = False
+    if policy.reads_model:
+        if sent.duplicate_model:
+            return await _give_back_and_refuse(exchange, admitted, errors.duplicate_model())
+        named = sent.model
+        if method == "GET" and not named:
+            named, forwarded_path = _model_in_path(api_path, forwarded_path, policy)
+            lists_models = api_path == "/models"
+        if named and (sent.model_too_long or not policy.allows_model(named)):
+            return await _give_back_and_refuse(exchange, admitted, errors.model_not_allowed(named))
     price = None
     if allowance.charges_before_end:
         price = (await prices.price_table()).lookup(sent.model)
         if price is None and allowance.budgeted and sent.model:
             # An unknown cost would slip past the budget: refused before it leaves (the count given back).
             return await _give_back_and_refuse(exchange, admitted, errors.model_not_priced(sent.model))
-    forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
     upstream_request = upstream.build_request(
         method,
-        upstream.url(settings.UPSTREAM_BASE_URL, forwarded_path, request.META.get("QUERY_STRING", "")),
-        headers.upstream_request_headers(scope["headers"], api_key=api_key, request_id=exchange.request_id.encode()),
+        upstream.url(admitted.base_url, forwarded_path, request.META.get("QUERY_STRING", "")),
+        headers.upstream_request_headers(
+            scope["headers"],
+            auth=auth_header(admitted.upstream_auth, api_key),
+            request_id=exchange.request_id.encode(),
+        ),
         sent.body,
     )
     sent_at = time.perf_counter()
@@ -142,6 +193,9 @@ async def _forward(
     except httpx.TimeoutException:
         return await _give_back_and_refuse(exchange, admitted, errors.upstream_timeout())
     except httpx.HTTPError as exc:
+        if egress.is_address_refused(exc):
+            logger.warning("request %s: the upstream of project %s: %s", exchange.request_id, admitted.project_id, exc)
+            return await _give_back_and_refuse(exchange, admitted, errors.upstream_address_refused())
         logger.warning("upstream unreachable for request %s: %s", exchange.request_id, type(exc).__name__)
         return await _give_back_and_refuse(exchange, admitted, errors.upstream_unreachable())
     headers_at = time.perf_counter()
@@ -155,13 +209,14 @@ async def _forward(
     stream_usage = None
     if is_event_stream:
         stream_usage = StreamUsage(strip=strip, hold=settle is not None and not give_back)
-    relay = Relay(exchange, response, sent_at=sent_at, stream_usage=stream_usage, settle=settle)
+    rewrite = model_list.rewriter(policy) if lists_models and response.status_code == 200 else None
+    relay = Relay(exchange, response, sent_at=sent_at, stream_usage=stream_usage, settle=settle, rewrite=rewrite)
     relay.watch(asyncio.current_task())
     client_response = StreamingHttpResponse(relay.body(), status=response.status_code)
     del client_response["Content-Type"]  # only what the upstream sent
     own_limits = allowance.headers()
     upstream_headers = headers.client_response_headers(
-        response.headers.raw, body_rewritten=strip, own_rate_limits=bool(own_limits)
+        response.headers.raw, body_rewritten=strip or rewrite is not None, own_rate_limits=bool(own_limits)
     )
     for name, value in (upstream_headers | own_limits | exchange.headers()).items():
         client_response[name] = value

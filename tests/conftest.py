@@ -42,10 +42,11 @@ def make_project(operator):
 
     counter = iter(range(1, 10_000))
 
-    def make(name: str | None = None, api_key: str = VALID_KEY, active: bool = True):
+    def make(name: str | None = None, api_key: str = VALID_KEY, active: bool = True, **options):
+        """`options`: the upstream, limits and policy lists project_create takes."""
         from tokens.services import project_set_active
 
-        project = project_create(name=name or f"Project {next(counter)}", api_key=api_key, actor=operator)
+        project = project_create(name=name or f"Project {next(counter)}", api_key=api_key, actor=operator, **options)
         if not active:
             project = project_set_active(active=False, project=project, actor=operator).project
         return project
@@ -57,7 +58,8 @@ def make_project(operator):
 def make_token(operator):
     from tokens.services import token_generate
 
-    def make(project, hours: float = 24, label: str = "", **limits):
-        return token_generate(project=project, duration=timedelta(hours=hours), label=label, actor=operator, **limits)
+    def make(project, hours: float = 24, label: str = "", **options):
+        """`options`: the limits and policy lists token_generate takes."""
+        return token_generate(project=project, duration=timedelta(hours=hours), label=label, actor=operator, **options)
 
     return make

@@ -34,6 +34,10 @@ TEST_SERVER_ENV = {
     "DATABASE_POOL_MAX_SIZE": "4",
     "PROXY_DB_THREADS": "2",
     "PRICE_CACHE_SECONDS": "0.2",  # a price set by a test is used at once
+    "PROXY_CORS_PROJECT_ORIGINS_SECONDS": "0.2",  # so is an origin a project allows, for preflights
+    # The tests' upstreams are mocks on this machine: a project may point at them.
+    "UPSTREAM_ALLOW_HTTP_HOSTS": "127.0.0.1",
+    "UPSTREAM_ALLOW_PRIVATE_NETWORKS": "127.0.0.0/8",
 }
 
 

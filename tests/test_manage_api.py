@@ -300,7 +300,7 @@ def test_create_a_token_returns_it_once(api, make_project):
     assert status == 201
     assert set(body) == {
         *("id", "token", "expires_at", "max_requests", "project_id", "label"),
-        *("requests_per_minute", "tokens_per_minute", "budget_usd"),
+        *("requests_per_minute", "tokens_per_minute", "budget_usd", "allowed_models", "allowed_ips"),
     }
     assert secret.TOKEN.is_well_formed(body["token"])
     assert body["max_requests"] == 10 and body["label"] == "ci run 42" and body["project_id"] == str(project.pk)

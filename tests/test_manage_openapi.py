@@ -13,6 +13,15 @@ from hypothesis import HealthCheck, settings
 from proxy.models import ModelPrice
 
 MANAGEMENT_TOKEN = "openapi-test-management-token"
+VALID_VALUES = {
+    "api_key": "sk-proj-abcdefghijklmnopqrstuvwxyz0123",
+    "upstream_url": "",  # the global upstream: a real URL would have to resolve, and tests run offline
+    "allowed_models": ["gpt-4o*"],
+    "model_aliases": {"fast": "gpt-4o-mini"},
+    "allowed_endpoints": ["POST /chat/completions"],
+    "allowed_origins": ["https://app.example.com"],
+    "allowed_ips": ["10.0.0.0/8"],
+}
 
 schema = schemathesis.openapi.from_wsgi("/manage/openapi.json", get_wsgi_application())
 
@@ -49,6 +58,12 @@ def _point_at_existing(case, existing: dict) -> None:
             case.path_parameters[name] = value
     if isinstance(case.body, dict) and "project_id" in case.body:
         case.body["project_id"] = existing["project_id"]
+    if isinstance(case.body, dict):
+        # What a schema cannot say: an upstream URL must resolve (to an allowed address), an OpenAI key has its own
+        # shape when the upstream is OpenAI, a CIDR or an origin must parse, an endpoint lie within the proxy's list.
+        for name, valid in VALID_VALUES.items():
+            if case.body.get(name):
+                case.body[name] = valid
     if case.query and "from" in case.query and case.operation.path == "/manage/usage":
         # A period is bounded across two parameters (from not after to, at most a year), which a schema cannot say.
         case.query["from"] = case.query.get("to") or datetime.now(UTC).date().isoformat()

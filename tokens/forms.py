@@ -3,8 +3,9 @@
 from django import forms
 from django.conf import settings
 
-from projects.forms import budget_field, per_minute_field
+from projects.forms import ALLOWED_IPS_HELP, ALLOWED_MODELS_HELP, budget_field, lines_field, per_minute_field
 from projects.models import Project
+from projects.policy import TOKEN_POLICY_FIELDS
 from projects.selectors import active_projects
 
 DURATION_PRESETS: list[tuple[int, str]] = [
@@ -58,6 +59,9 @@ class TokenGenerateForm(forms.Form):
             widget=forms.NumberInput(attrs={"list": "duration-presets", "step": 1}),
         )
         _add_limit_fields(self)
+        within = " Within the project's own list, if it has one."
+        self.fields["allowed_models"] = lines_field("Allowed models", ALLOWED_MODELS_HELP + within, "gpt-4o-mini")
+        self.fields["allowed_ips"] = lines_field("Allowed client addresses", ALLOWED_IPS_HELP + within, "10.1.2.0/24")
 
     @property
     def duration_presets(self) -> list[tuple[int, str]]:
@@ -65,6 +69,9 @@ class TokenGenerateForm(forms.Form):
 
     def limits(self) -> dict:
         return {name: self.cleaned_data[name] for name in LIMITS}
+
+    def policy(self) -> dict:
+        return {name: self.cleaned_data[name] or None for name in TOKEN_POLICY_FIELDS}
 
 
 class TokenLimitsForm(forms.Form):

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from projects.limits import SpendLimits
 from projects.models import Project
+from projects.policy import AccessPolicy
 
 
 class TokenStatus(models.TextChoices):
@@ -73,7 +74,7 @@ class IssuedCredential(models.Model):
         return self.revoked_by.get_username() if self.revoked_by else self.revoked_by_label
 
 
-class Token(IssuedCredential, SpendLimits):
+class Token(IssuedCredential, SpendLimits, AccessPolicy):
     """A short-lived, revocable credential for one project. The secret itself is never stored.
 
     Its limits are its own, on top of its project's; its budget counts over its whole life.

@@ -13,6 +13,7 @@ from llmproxy.audit import Actor, audited, log_updates
 from llmproxy.errors import ServiceError
 from projects.limits import SHARED_LIMITS, clean_limits
 from projects.models import Project
+from projects.policy import TOKEN_POLICY_FIELDS, check_within, clean_policy
 
 from . import secret
 from .models import Token
@@ -98,12 +99,15 @@ def token_generate(
     actor: Actor,
     label: str = "",
     within_project_limits: bool = False,
-    **limits,
+    **options,
 ) -> IssuedToken:
-    """A new token, shown this once. `limits`: any of max_requests, requests_per_minute, tokens_per_minute,
-    budget_usd (over the token's life). `within_project_limits` (minting keys): none above the project's."""
+    """A new token, shown this once. `options`: any of its limits (max_requests, requests_per_minute,
+    tokens_per_minute, budget_usd over the token's life) and its own `allowed_models` and `allowed_ips`, which must
+    lie within its project's (the policy in force is the intersection). `within_project_limits` (minting keys): no
+    limit above the project's."""
     validate_duration(duration)
-    limits = _clean_token_limits(limits)
+    policy = clean_policy({n: options.pop(n) for n in TOKEN_POLICY_FIELDS if n in options}, TOKEN_POLICY_FIELDS)
+    limits = _clean_token_limits(options)
     label = (label or "").strip()
     if len(label) > LABEL_MAX_LENGTH:
         raise ServiceError("too_long", f"Label must be at most {LABEL_MAX_LENGTH} characters.", field="label")
@@ -115,6 +119,7 @@ def token_generate(
             raise ServiceError("project_inactive", INACTIVE_PROJECT, field="project")
         if within_project_limits:
             _within_project(project, limits)
+        check_within(project.allowed_models, project.allowed_ips, policy)
         token = Token.objects.create(
             project=project,
             label=label,
@@ -122,6 +127,7 @@ def token_generate(
             prefix=secret.TOKEN.display_prefix(plaintext),
             expires_at=timezone.now() + duration,
             **limits,
+            **policy,
             **actor.stamp("created"),
         )
     return IssuedToken(token=token, plaintext=plaintext)

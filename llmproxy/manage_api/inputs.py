@@ -4,15 +4,30 @@ from datetime import date
 
 from django.conf import settings
 
-from projects.keys import API_KEY_RE, INVALID_API_KEY
 from projects.limits import BUDGET_MAX, BUDGET_MIN, PER_MINUTE_MAX, BudgetPeriod
+from projects.policy import MAX_ENTRIES, ORIGIN_MAX_LENGTH
+from projects.policy import MODEL_MAX_LENGTH as POLICY_MODEL_MAX_LENGTH
+from projects.upstreams import INVALID_API_KEY, KEY_MAX_LENGTH, URL_MAX_LENGTH, UpstreamAuth
 from proxy.prices import MAX_PRICE, MODEL_MAX_LENGTH, MODEL_PATTERN, MODEL_RULE, SOURCE_MAX_LENGTH
 from proxy.selectors import USAGE_GROUPS, utc_today
 from tokens.models import TokenStatus
 
 from .errors import invalid
 from .selectors import AUDIT_ACTIONS, AUDIT_OBJECT_TYPES
-from .validation import Body, Boolean, Choice, Date, DateTime, DecimalNumber, Integer, Query, String, Uuid
+from .validation import (
+    Body,
+    Boolean,
+    Choice,
+    Date,
+    DateTime,
+    DecimalNumber,
+    Integer,
+    Query,
+    String,
+    StringList,
+    StringMap,
+    Uuid,
+)
 
 MAX_PAGE = 1_000_000
 DEFAULT_PAGE_SIZE = 20
@@ -41,12 +56,91 @@ PAGING = {
 PROJECT_NAME = String(
     description="Unique (case-insensitively); surrounding spaces are trimmed.", max_length=200, not_blank=True
 )
+_KEY_TEXT = "[!-~]+"  # printable ASCII, no whitespace: every upstream's keys; OpenAI's own are checked further
 API_KEY = String(
-    description="The upstream OpenAI API key. Stored encrypted; never returned, only a masked copy.",
-    max_length=503,
-    pattern=API_KEY_RE.pattern,
+    description="The upstream's API key. For OpenAI itself (no upstream_url, or one on api.openai.com) a complete "
+    "`sk-…` key; for any other upstream, printable characters without spaces. Stored encrypted; never returned, "
+    "only a masked copy.",
+    max_length=KEY_MAX_LENGTH,
+    pattern=_KEY_TEXT,
     pattern_message=INVALID_API_KEY,
 )
+UPSTREAM = {
+    "upstream_url": String(
+        description="The upstream API's base URL (`https://api.anthropic.com/v1`, "
+        "`https://my-resource.openai.azure.com/openai/v1`, `http://vllm.internal:8000/v1`); empty: the proxy's "
+        "UPSTREAM_BASE_URL. https only, unless the host is in UPSTREAM_ALLOW_HTTP_HOSTS; link-local and cloud "
+        "metadata addresses are refused, private ones unless in UPSTREAM_ALLOW_PRIVATE_NETWORKS.",
+        max_length=URL_MAX_LENGTH,
+    ),
+    "upstream_auth": Choice(
+        description="How the key is sent upstream: `bearer` (Authorization: Bearer; OpenAI and OpenAI-compatible "
+        "servers), `api-key` (Azure OpenAI) or `x-api-key` (Anthropic). Default: what the URL implies (`api-key` "
+        "on Azure's hosts, `x-api-key` on api.anthropic.com, else `bearer`).",
+        choices=tuple(UpstreamAuth.values),
+    ),
+}
+
+
+def _entry(max_length: int) -> String:
+    return String(max_length=max_length, min_length=1)
+
+
+def _list(description: str, max_length: int) -> StringList:
+    return StringList(
+        description=f"{description} Empty or null: no restriction.",
+        item=_entry(max_length),
+        max_items=MAX_ENTRIES,
+        nullable=True,
+    )
+
+
+ALLOWED_MODELS = _list(
+    "Models the tokens may use: exact names, or prefixes ending in a single `*` (`gpt-4o*`), applied after alias "
+    "resolution; another model is refused (403 `model_not_allowed`), and GET /v1/models lists only these.",
+    POLICY_MODEL_MAX_LENGTH,
+)
+ALLOWED_IPS = _list(
+    "Client addresses or CIDR ranges, IPv4 and IPv6 (`10.0.0.0/8`, `2001:db8::/32`); others are refused (403 "
+    "`ip_not_allowed`).",
+    100,
+)
+PROJECT_POLICY = {
+    "allowed_models": ALLOWED_MODELS,
+    "model_aliases": StringMap(
+        description='Other names for models, `{"fast": "gpt-4o-mini"}`: the request\'s model is rewritten before it '
+        "is forwarded (on Azure, map to deployment names); usage, prices and budgets use the model sent. Empty or "
+        "null: none.",
+        item=_entry(POLICY_MODEL_MAX_LENGTH),
+        max_items=MAX_ENTRIES,
+        nullable=True,
+    ),
+    "allowed_endpoints": _list(
+        "Endpoints the tokens may call, `METHOD /path` as in PROXY_ALLOWED_ENDPOINTS (`POST /embeddings`; `*` for "
+        "one path segment), each within that list; others are refused (403 `endpoint_not_allowed`).",
+        300,
+    ),
+    "allowed_origins": _list(
+        "Browser origins the tokens may be used from (`https://app.example.com`); a request whose Origin is "
+        "another is refused (403 `origin_not_allowed`). Requests without an Origin (servers) are not affected.",
+        ORIGIN_MAX_LENGTH,
+    ),
+    "allowed_ips": ALLOWED_IPS,
+}
+TOKEN_POLICY = {
+    "allowed_models": StringList(
+        description=f"{ALLOWED_MODELS.description} Must lie within the project's (a wider list is refused).",
+        item=ALLOWED_MODELS.item,
+        max_items=MAX_ENTRIES,
+        nullable=True,
+    ),
+    "allowed_ips": StringList(
+        description=f"{ALLOWED_IPS.description} Must lie within the project's (a wider list is refused).",
+        item=ALLOWED_IPS.item,
+        max_items=MAX_ENTRIES,
+        nullable=True,
+    ),
+}
 
 PROJECT_LIST = Query(PAGING)
 
@@ -90,7 +184,10 @@ TOKEN_LIMITS = {
     "budget_usd": _budget("over the token's life"),
 }
 
-PROJECT_CREATE = Body({"name": PROJECT_NAME, "api_key": API_KEY, **PROJECT_LIMITS}, required=("name", "api_key"))
+PROJECT_CREATE = Body(
+    {"name": PROJECT_NAME, "api_key": API_KEY, **UPSTREAM, **PROJECT_LIMITS, **PROJECT_POLICY},
+    required=("name", "api_key"),
+)
 
 
 def _check_revoke_tokens(data: dict) -> None:
@@ -102,17 +199,20 @@ PROJECT_UPDATE = Body(
     {
         "name": PROJECT_NAME,
         "api_key": String(
-            description="A new upstream key; an empty string keeps the current one.",
-            max_length=503,
-            pattern=f"(?:{API_KEY_RE.pattern})?",
+            description="A new upstream key; an empty string keeps the current one (which must then fit the "
+            "upstream's key rule, if upstream_url changes).",
+            max_length=KEY_MAX_LENGTH,
+            pattern=f"(?:{_KEY_TEXT})?",
             pattern_message=INVALID_API_KEY,
         ),
+        **UPSTREAM,
         "is_active": Boolean(description="false deactivates: the project's tokens stop working at the proxy."),
         "revoke_tokens": Boolean(
             description="With is_active=false: also revoke every token of the project (even if it was already "
             "inactive)."
         ),
         **PROJECT_LIMITS,
+        **PROJECT_POLICY,
     },
     min_properties=1,
     rule_schema={
@@ -152,6 +252,7 @@ TOKEN_CREATE = Body(
         ),
         "label": String(description="Who or what holds the token.", max_length=200),
         **TOKEN_LIMITS,
+        **TOKEN_POLICY,
     },
     required=("project_id",),
     rule_schema={"oneOf": [{"required": ["duration_hours"]}, {"required": ["duration_minutes"]}]},

@@ -101,6 +101,7 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": _DATETIME,
             "updated_at": _DATETIME,
             "api_key_updated_at": _DATETIME,
+            **{name: field.schema() for name, field in inputs.UPSTREAM.items()},
             **_limits("per budget period"),
             "budget_period": {"type": "string", "enum": list(BudgetPeriod.values)},
             "spent_usd": {**_DOLLARS, "description": "Spent in the current budget period, in US dollars."},
@@ -108,6 +109,7 @@ _SCHEMAS: dict[str, Any] = {
                 **_NULLABLE_DATETIME,
                 "description": "When the current budget period ends (UTC); null for a total budget.",
             },
+            **{name: field.schema() for name, field in inputs.PROJECT_POLICY.items()},
             "tokens_revoked": {
                 "type": "integer",
                 "minimum": 0,
@@ -139,6 +141,7 @@ _SCHEMAS: dict[str, Any] = {
             "revoked_at": _NULLABLE_DATETIME,
             **_limits("over the token's life"),
             "spent_usd": {**_DOLLARS, "description": "Spent over the token's life, in US dollars."},
+            **{name: field.schema() for name, field in inputs.TOKEN_POLICY.items()},
         }
     ),
     "TokenList": _list("Token", "tokens"),
@@ -155,6 +158,15 @@ _SCHEMAS: dict[str, Any] = {
             "project_id": _UUID,
             "label": {"type": "string"},
             **_limits("over the token's life"),
+            **{name: field.schema() for name, field in inputs.TOKEN_POLICY.items()},
+        }
+    ),
+    "ConnectionTest": _object(
+        {
+            "ok": {"type": "boolean", "description": "The upstream listed its models with the project's key."},
+            "status": {"type": ["integer", "null"], "description": "The upstream's HTTP status; null if none."},
+            "message": {"type": "string", "description": "What happened, in words (the upstream's error if any)."},
+            "model_count": {"type": ["integer", "null"], "minimum": 0, "description": "Models listed, if ok."},
         }
     ),
     "RevokeCounts": _object(
@@ -332,6 +344,17 @@ def build_document() -> dict[str, Any]:
                     {"200": _json(_ref("RevokeCounts"), "What was revoked.")},
                     errors=("403", "404"),
                     description="Allowed to a minting key for its own project.",
+                ),
+            },
+            "/manage/projects/{project_id}/test-connection": {
+                "parameters": [project_id],
+                "post": _operation(
+                    "Test a project's upstream",
+                    {"200": _json(_ref("ConnectionTest"), "What the upstream answered.")},
+                    errors=("403", "404"),
+                    description="Asks the project's upstream for its model list with the project's key, and says "
+                    "whether the URL, the auth style and the key work together (200 either way; `ok` says which). "
+                    "Nothing is written; the key is never in the answer.",
                 ),
             },
             "/manage/tokens": {

@@ -7,6 +7,7 @@ from auditlog.models import LogEntry
 from django.utils import timezone
 
 from projects.models import Project
+from projects.policy import POLICY_FIELDS, TOKEN_POLICY_FIELDS
 from proxy.models import ModelPrice
 from tokens.models import Token
 from tokens.services import IssuedToken
@@ -25,6 +26,10 @@ def _limits(owner: Token | Project) -> dict[str, Any]:
     }
 
 
+def _policy(owner: Token | Project, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(owner, name) for name in names}
+
+
 def project_json(project: Project) -> dict[str, Any]:
     now = timezone.now()
     return {
@@ -36,10 +41,13 @@ def project_json(project: Project) -> dict[str, Any]:
         "created_at": project.created_at,
         "updated_at": project.updated_at,
         "api_key_updated_at": project.api_key_updated_at,
+        "upstream_url": project.upstream_url,
+        "upstream_auth": project.upstream_auth,
         **_limits(project),
         "budget_period": project.budget_period,
         "spent_usd": decimal_text(project.spent_in_period(now)),
         "budget_resets_at": project.budget_resets_at(now),
+        **_policy(project, POLICY_FIELDS),
     }
 
 
@@ -60,6 +68,7 @@ def token_json(token: Token) -> dict[str, Any]:
         "revoked_at": token.revoked_at,
         **_limits(token),
         "spent_usd": decimal_text(token.spent_usd),
+        **_policy(token, TOKEN_POLICY_FIELDS),
     }
 
 
@@ -73,6 +82,7 @@ def issued_token_json(issued: IssuedToken) -> dict[str, Any]:
         "project_id": str(token.project_id),
         "label": token.label,
         **_limits(token),
+        **_policy(token, TOKEN_POLICY_FIELDS),
     }
 
 

@@ -205,6 +205,47 @@ class String(Field):
 
 
 @dataclass(frozen=True)
+class StringList(Field):
+    """A JSON array of strings, each checked by `item`; what the entries mean is the service's to check."""
+
+    item: String = field(default_factory=String)
+    max_items: int = 500
+
+    def type_schema(self) -> dict[str, Any]:
+        return {"type": "array", "items": self.item.type_schema(), "maxItems": self.max_items}
+
+    def check(self, name: str, value: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise invalid(name, f"{name} must be a list of strings", "invalid_type")
+        if len(value) > self.max_items:
+            raise invalid(name, f"{name} must have at most {self.max_items} entries", "too_long")
+        return [self.item.check(name, entry) for entry in value]
+
+
+@dataclass(frozen=True)
+class StringMap(Field):
+    """A JSON object of string values, keys and values each checked by `item`."""
+
+    item: String = field(default_factory=String)
+    max_items: int = 500
+
+    def type_schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": self.item.type_schema(),
+            "propertyNames": {k: v for k, v in self.item.type_schema().items() if k != "type"},
+            "maxProperties": self.max_items,
+        }
+
+    def check(self, name: str, value: Any) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise invalid(name, f"{name} must be an object of strings", "invalid_type")
+        if len(value) > self.max_items:
+            raise invalid(name, f"{name} must have at most {self.max_items} entries", "too_long")
+        return {self.item.check(name, key): self.item.check(name, entry) for key, entry in value.items()}
+
+
+@dataclass(frozen=True)
 class Uuid(Field):
     def type_schema(self) -> dict[str, Any]:
         return {"type": "string", "format": "uuid"}

@@ -14,9 +14,15 @@ from django.views.decorators.csrf import csrf_exempt
 from llmproxy.errors import ServiceError
 from projects.models import Project
 from projects.selectors import project_get, projects_by_name
-from projects.services import project_create, project_set_limits, project_update
+from projects.services import (
+    project_create,
+    project_set_limits,
+    project_set_policy,
+    project_update,
+)
 from proxy.models import ModelPrice
 from proxy.prices import model_price_for, model_prices
+from proxy.probe import project_upstream_test
 from proxy.selectors import usage_summary
 from proxy.services import price_delete, price_set
 from tokens.models import Token
@@ -126,8 +132,9 @@ class ProjectsView(ApiView):
     def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         caller.require_management_token()
         data = inputs.PROJECT_CREATE.parse(_body(request))
-        limits = {name: data[name] for name in inputs.PROJECT_LIMITS if name in data}
-        project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor, **limits)
+        fields = (*inputs.UPSTREAM, *inputs.PROJECT_LIMITS, *inputs.PROJECT_POLICY)
+        options = {name: data[name] for name in fields if name in data}
+        project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor, **options)
         return JsonResponse(project_json(project), status=201)
 
 
@@ -147,12 +154,19 @@ class ProjectDetailView(ApiView):
         data = inputs.PROJECT_UPDATE.parse(_body(request))
         revoked = None
         with transaction.atomic():
-            if "name" in data or data.get("api_key"):
+            if {"name", "api_key", *inputs.UPSTREAM} & data.keys():
                 project = project_update(
-                    project=project, name=data.get("name"), api_key=data.get("api_key"), actor=caller.actor
+                    project=project,
+                    name=data.get("name"),
+                    api_key=data.get("api_key"),
+                    upstream_url=data.get("upstream_url"),
+                    upstream_auth=data.get("upstream_auth"),
+                    actor=caller.actor,
                 )
             if limits := {name: data[name] for name in inputs.PROJECT_LIMITS if name in data}:
                 project = project_set_limits(project=project, actor=caller.actor, **limits)
+            if policy := {name: data[name] for name in inputs.PROJECT_POLICY if name in data}:
+                project = project_set_policy(project=project, actor=caller.actor, **policy)
             if "is_active" in data:
                 done = project_set_active(
                     project=project,
@@ -181,6 +195,21 @@ class ProjectTokensRevokeView(ApiView):
                 "total_tokens": report.total,
             }
         )
+
+
+class ProjectTestConnectionView(ApiView):
+    methods = ("POST",)
+
+    def post(self, request: HttpRequest, caller: Caller, project_id: str) -> JsonResponse:
+        caller.require_management_token()
+        result = project_upstream_test(project=_project_or_404(_uuid_or_404(project_id, "project")))
+        return JsonResponse(
+            {"ok": result.ok, "status": result.status, "message": result.message, "model_count": result.model_count}
+        )
+
+
+TOKEN_LIMITS = ("max_requests", *inputs.TOKEN_LIMITS)
+TOKEN_OPTIONS = (*TOKEN_LIMITS, *inputs.TOKEN_POLICY)  # a token's policy is set when it is generated
 
 
 class TokensView(ApiView):
@@ -213,7 +242,7 @@ class TokensView(ApiView):
                 actor=caller.actor,
                 # A program with a minting key hands out no more than its project has.
                 within_project_limits=caller.minting_key is not None,
-                **{name: data[name] for name in ("max_requests", *inputs.TOKEN_LIMITS) if name in data},
+                **{name: data[name] for name in TOKEN_OPTIONS if name in data},
             )
         except ServiceError as e:
             raise from_service_error(e, {"duration": duration_field}) from None
@@ -238,7 +267,7 @@ class TokenDetailView(ApiView):
         token = self._token(caller, token_id)
         data = inputs.TOKEN_UPDATE.parse(_body(request))
         with transaction.atomic():
-            if limits := {name: data[name] for name in ("max_requests", *inputs.TOKEN_LIMITS) if name in data}:
+            if limits := {name: data[name] for name in TOKEN_LIMITS if name in data}:
                 token = token_set_limits(token=token, actor=caller.actor, **limits)
             if data.get("is_active") is True:
                 token = token_reactivate(token=token, actor=caller.actor)

@@ -11,6 +11,7 @@ class SecurityEventKind(models.TextChoices):
     ADMIN_LOGIN_FAILED = "admin_login_failed", "Admin login failed"
     ADMIN_LOGIN_LOCKED = "admin_login_locked", "Admin login locked"
     MANAGEMENT_AUTH_FAILED = "management_auth_failed", "Management API authentication failed"
+    POLICY_REFUSED = "policy_refused", "Refused: not from an allowed address or origin"
 
 
 class SecurityEventReason(models.TextChoices):
@@ -21,6 +22,8 @@ class SecurityEventReason(models.TextChoices):
     UNKNOWN = "unknown", "Unknown token"
     REVOKED = "revoked", "Revoked token"
     EXPIRED = "expired", "Expired token"
+    IP = "ip", "Client address not allowed"
+    ORIGIN = "origin", "Origin not allowed"
 
 
 # The identity of an event, beside the token or project it concerns. Identical events within the same hour are one

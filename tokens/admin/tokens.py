@@ -239,6 +239,7 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
                         label=form.cleaned_data["label"],
                         actor=Actor.from_request(request),
                         **form.limits(),
+                        **form.policy(),
                     )
                 except ServiceError as error:
                     add_service_error(form, error, {"duration": "duration_hours"})

@@ -3,7 +3,8 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand
 
 from llmproxy.audit import Actor
-from projects.management.cli import get_project, refusals_as_errors, usd_amount
+from projects.management.cli import add_policy_arguments, get_project, policy_given, refusals_as_errors, usd_amount
+from projects.policy import TOKEN_POLICY_FIELDS
 from tokens.services import token_generate
 
 
@@ -23,6 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--tpm", type=int, default=None, help="tokens per minute (default: no limit)")
         parser.add_argument("--budget-usd", type=usd_amount, default=None, help="budget over the token's life, in USD")
         parser.add_argument("--label", default="", help="who or what holds the token")
+        add_policy_arguments(parser, TOKEN_POLICY_FIELDS)  # within the project's own lists
 
     def handle(self, *args, project: str, hours, minutes, max_requests, rpm, tpm, budget_usd, label: str, **options):
         duration = timedelta(hours=hours) if hours is not None else timedelta(minutes=minutes)
@@ -36,5 +38,6 @@ class Command(BaseCommand):
                 requests_per_minute=rpm,
                 tokens_per_minute=tpm,
                 budget_usd=budget_usd,
+                **policy_given(options, TOKEN_POLICY_FIELDS),
             )
         self.stdout.write(issued.plaintext)
