@@ -1,12 +1,15 @@
 """Anthropic's usage, read as it passes: streams (message_start, then message_delta) split anywhere, held from
-message_delta on, cut short; and non-streamed Message bodies through the tail reader, wherever their usage stands."""
+message_delta on, cut short; non-streamed Message bodies through the tail reader, wherever their usage stands; and
+the usage records the real server leaves for messages the official SDK sent, streamed or not."""
 
 import json
 import random
 
+import anthropic
 import pytest
 
 from proxy.counting import StreamUsage, TokenCounts, counts_from, counts_from_json_tail
+from tests.live import wait_for_usage
 
 
 def event(name: str, document: dict, *, pretty: bool = False) -> bytes:
@@ -358,3 +361,77 @@ def test_many_usage_keys_after_the_real_one_are_not_all_tried():
 )
 def test_counts_from_usage_objects(usage, expected):
     assert counts_from(usage) == expected
+
+
+# --- through the real server: the usage record ---------------------------------------------------------------------
+MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
+# The mock's message: 11 input tokens, and the cache counts these headers ask for.
+CACHE = {"x-mock-cache-read": "5", "x-mock-cache-creation": "3"}
+live = pytest.mark.usefixtures("live_db")
+
+
+@pytest.fixture
+def client_for(proxy_server, monkeypatch):
+    """`client_for(token)`: the official anthropic SDK pointed at the proxy (it adds `/v1/messages`)."""
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    def make(token: str) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=proxy_server.url, api_key=None, auth_token=token, max_retries=0, timeout=10)
+
+    return make
+
+
+@pytest.fixture(params=[False, True], ids=["passed-on", "held-until-charged"])
+def token(request, make_project, make_token):
+    """A token without limits (the stream passes straight on), or with a token limit (its end is held until the
+    request is charged)."""
+    limits = {"tokens_per_minute": 1_000_000} if request.param else {}
+    return make_token(make_project(), **limits).plaintext
+
+
+def record_of(request_id: str):
+    (record,) = wait_for_usage(1, request_id=request_id)
+    return record
+
+
+@live
+@pytest.mark.parametrize("delta_usage", ["", "full"])
+def test_a_streamed_message_is_recorded_with_its_usage(client_for, token, upstream, delta_usage):
+    headers = CACHE | {"x-mock-chunks": "4", "x-mock-delta-usage": delta_usage, "x-request-id": "anthropic-stream-1"}
+    with client_for(token).messages.stream(**MESSAGE, extra_headers=headers) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+
+    assert text == "part0 part1 part2 part3 " and final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 4 and final.usage.cache_read_input_tokens == 5
+    record = record_of("anthropic-stream-1")
+    assert (record.status, record.streamed, record.path, record.model) == (200, True, "/v1/messages", MESSAGE["model"])
+    assert (record.prompt_tokens, record.cached_tokens, record.completion_tokens, record.total_tokens) == (19, 5, 4, 23)
+
+
+@live
+def test_a_message_is_recorded_with_its_usage(client_for, token, upstream):
+    message = client_for(token).messages.create(**MESSAGE, extra_headers=CACHE | {"x-request-id": "anthropic-plain-1"})
+
+    assert message.usage.input_tokens == 11
+    record = record_of("anthropic-plain-1")
+    assert (record.status, record.streamed) == (200, False)
+    assert (record.prompt_tokens, record.cached_tokens, record.completion_tokens, record.total_tokens) == (19, 5, 7, 26)
+
+
+@live
+def test_a_stream_cut_short_is_recorded_with_what_message_start_said(client_for, token, upstream):
+    headers = CACHE | {"x-mock-chunks": "4", "x-mock-drop": "mid-body", "x-request-id": "anthropic-cut-1"}
+    # The SDK lets its HTTP client's error through (httpx2's, in anthropic 2.x): the body was cut.
+    client = client_for(token)
+    with (
+        pytest.raises(Exception, match="incomplete|peer closed|Connection"),
+        client.messages.stream(**MESSAGE, extra_headers=headers) as stream,
+    ):
+        for _ in stream:
+            pass
+
+    record = record_of("anthropic-cut-1")
+    assert record.upstream_aborted and record.streamed
+    assert (record.prompt_tokens, record.cached_tokens, record.completion_tokens, record.total_tokens) == (19, 5, 1, 20)
