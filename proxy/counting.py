@@ -269,15 +269,17 @@ class StreamUsage:
         """What goes on of an event that names usage: with `strip`, nothing of the usage event (its counts are
         kept) and the others without their null usage."""
         document = _event_document(event)
-        if type(document) is dict and document.get("type") in _ANTHROPIC_USAGE_EVENTS:
-            return self._anthropic(document, event)
         counts = _usage_in(document)
         if counts is not None:
+            if document.get("type") == "message_delta":  # Anthropic's: its counts complete message_start's
+                return self._anthropic(document, event)
             self.counts = counts
             self._holding = self.hold
             return b"" if self.strip else self._out(event)
         if self.strip and isinstance(document, dict) and "usage" in document and document["usage"] is None:
             return self._out(_without_null_usage(event))
+        if type(document) is dict and document.get("type") in _ANTHROPIC_USAGE_EVENTS:
+            return self._anthropic(document, event)
         return self._out(event)
 
     def _anthropic(self, document: dict, event: bytes) -> bytes:
