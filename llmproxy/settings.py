@@ -228,6 +228,8 @@ PROXY_ALLOWED_ENDPOINTS = env.list(
         "DELETE /responses/*",
         "POST /responses/*/cancel",
         "GET /responses/*/input_items",
+        "POST /messages",
+        "POST /messages/count_tokens",
     ],
 )
 PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=32 * 1024 * 1024)

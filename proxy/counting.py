@@ -1,5 +1,11 @@
 """Token counts read from a response as it passes: the usage object at the end of a JSON body, or the usage event of
-a server-sent-event stream (which the proxy may also remove, when it asked for it and the client did not)."""
+a server-sent-event stream (which the proxy may also remove, when it asked for it and the client did not).
+
+OpenAI's APIs and Anthropic's Messages API both end with their counts, in one usage record of OpenAI's meaning: prompt
+tokens include the cached ones. Anthropic counts the prompt tokens read from its cache and those written to it apart
+from `input_tokens`, and streams them in two events: `message_start` (the input side) and `message_delta` (the final
+counts, at the end).
+"""
 
 import json
 import re
@@ -10,6 +16,11 @@ _USAGE_KEY = b'"usage"'
 # string its quotes would be `\"`), and OpenAI writes it after the chunk's content, so the last one is the chunk's own.
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])')
 _decoder = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# Members only Anthropic's usage has: it counts cached prompt tokens apart from `input_tokens`.
+_ANTHROPIC_CACHE_KEYS = ("cache_read_input_tokens", "cache_creation_input_tokens")
+_ANTHROPIC_USAGE_EVENTS = frozenset({"message_start", "message_delta"})
+_MAX_USAGE_KEYS = 16  # how many `"usage"` keys of a body's tail are tried for the body's own
 
 
 @dataclass
@@ -27,10 +38,17 @@ class TokenCounts:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def counts_from(usage: object) -> TokenCounts | None:
-    """Chat/completions/embeddings name them prompt/completion; the Responses API input/output."""
+    """Chat/completions/embeddings name them prompt/completion; the Responses API input/output (with a total and
+    `input_tokens_details`); Anthropic input/output, without a total, with its cache counts apart."""
     if not isinstance(usage, dict):
         return None
+    if _is_anthropic(usage):
+        return anthropic_counts(usage)
 
     def number(*keys: str) -> int | None:
         for key in keys:
@@ -52,6 +70,29 @@ def counts_from(usage: object) -> TokenCounts | None:
     return counts
 
 
+def _is_anthropic(usage: dict) -> bool:
+    """Anthropic's usage, told by its cache counts (the API has sent them, if only as 0, since caching came). Without
+    them it reads as the Responses API's would: the same prompt and completion, no total."""
+    return "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage
+
+
+def anthropic_counts(usage: dict) -> TokenCounts | None:
+    """Anthropic's usage in OpenAI's meaning: the prompt is every input token, those read from the cache (also
+    counted as cached) and those written to it included; the total is prompt plus completion."""
+    prompt_parts = [_count(usage.get(key)) for key in ("input_tokens", *_ANTHROPIC_CACHE_KEYS)]
+    known = [part for part in prompt_parts if part is not None]
+    prompt = sum(known) if known else None
+    completion = _count(usage.get("output_tokens"))
+    if prompt is None and completion is None:
+        return None
+    return TokenCounts(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=(prompt or 0) + (completion or 0),
+        cached_tokens=prompt_parts[1],
+    )
+
+
 def _usage_in(document: object) -> TokenCounts | None:
     if not isinstance(document, dict):
         return None
@@ -62,18 +103,61 @@ def _usage_in(document: object) -> TokenCounts | None:
 
 
 def counts_from_json_tail(tail: bytes) -> TokenCounts | None:
-    """The `usage` object of a JSON body, from the body's last bytes (OpenAI puts it last, after the payload)."""
+    """The `usage` object of a JSON body, from the body's last bytes.
+
+    OpenAI and Anthropic put it after the payload, last or nearly (members may follow it). The body's own usage is
+    the last `"usage"` key whose value is followed by nothing but the document's other members and its end: a
+    `"usage"` key in something after it (a tool's input, a newer member) is passed over. Should no key be the body's
+    own, the last one is read, as it always was. Only the last few keys are looked at: each look reads to the end.
+    """
+    last: TokenCounts | None = None
+    seen_last = False
     position = len(tail)
-    while (position := tail.rfind(_USAGE_KEY, 0, position)) > 0:
-        if tail[position - 1 : position] != b"\\":  # a key, not an escaped quote inside some text
-            rest = tail[position + len(_USAGE_KEY) :].lstrip()
-            if rest.startswith(b":"):
-                try:
-                    value, _ = _decoder.raw_decode(rest[1:].lstrip().decode("utf-8", "replace"))
-                except ValueError:
-                    return None
-                return counts_from(value)
-    return None
+    looks = 0
+    while looks < _MAX_USAGE_KEYS and (position := tail.rfind(_USAGE_KEY, 0, position)) > 0:
+        if tail[position - 1 : position] == b"\\":  # an escaped quote inside some text, not a key
+            continue
+        rest = tail[position + len(_USAGE_KEY) :].lstrip()
+        if not rest.startswith(b":"):
+            continue
+        looks += 1
+        text = rest[1:].decode("utf-8", "replace")
+        try:
+            value, end = _decoder.raw_decode(text, _WHITESPACE.match(text).end())
+        except ValueError:
+            if not seen_last:
+                return None  # the last key's value is cut or broken: as before, nothing is read
+            continue
+        counts = counts_from(value)
+        if not seen_last:
+            seen_last, last = True, counts
+            if _ends_document(text, end):
+                return counts
+        elif _ends_document(text, end):
+            return counts
+    return last
+
+
+def _ends_document(text: str, index: int) -> bool:
+    """Whether `text` from `index` (just after a member's value) is the rest of its object's members, the object's
+    end, then nothing: the member is one of the document's own, not of something nested in it."""
+    while True:
+        index = _WHITESPACE.match(text, index).end()
+        if text.startswith("}", index):
+            return not text[index + 1 :].strip()
+        if not text.startswith(",", index):
+            return False
+        index = _WHITESPACE.match(text, index + 1).end()
+        if not text.startswith('"', index):
+            return False
+        try:
+            _, index = _decoder.raw_decode(text, index)  # the key
+            index = _WHITESPACE.match(text, index).end()
+            if not text.startswith(":", index):
+                return False
+            _, index = _decoder.raw_decode(text, _WHITESPACE.match(text, index + 1).end())  # its value
+        except ValueError:
+            return False
 
 
 def _event_boundary(buffer: bytes | bytearray) -> int:
@@ -123,6 +207,10 @@ class StreamUsage:
     charged first, so the client does not see its stream end before the charge counts. Complete events are passed on
     as soon as their end arrives; only an incomplete event is held, and a client cannot use half an event anyway.
     Without either, every chunk passes on at once, untouched.
+
+    An Anthropic stream names usage twice: `message_start` gives the input side (kept as the counts, should the
+    stream be cut), `message_delta` the final counts (cumulative; where it repeats the input and cache counts, its
+    own are taken). Only `message_delta` is the usage event that `hold` starts at; neither is ever stripped.
     """
 
     MAX_PENDING = 1 << 20  # an "event" this long is no SSE event: stop looking
@@ -135,6 +223,7 @@ class StreamUsage:
         self._held = bytearray()
         self._holding = False
         self._gave_up = False
+        self._message_start_usage: dict | None = None  # Anthropic's, from `message_start`
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to send on for this chunk."""
@@ -182,9 +271,30 @@ class StreamUsage:
         document = _event_document(event)
         counts = _usage_in(document)
         if counts is not None:
+            if document.get("type") == "message_delta":  # Anthropic's: its counts complete message_start's
+                return self._anthropic(document, event)
             self.counts = counts
             self._holding = self.hold
             return b"" if self.strip else self._out(event)
         if self.strip and isinstance(document, dict) and "usage" in document and document["usage"] is None:
             return self._out(_without_null_usage(event))
+        if type(document) is dict and document.get("type") in _ANTHROPIC_USAGE_EVENTS:
+            return self._anthropic(document, event)
+        return self._out(event)
+
+    def _anthropic(self, document: dict, event: bytes) -> bytes:
+        if document["type"] == "message_start":
+            message = document.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            if isinstance(usage, dict):
+                self._message_start_usage = usage
+                self.counts = anthropic_counts(usage) or self.counts
+            return self._out(event)
+        usage = document.get("usage")  # message_delta
+        if isinstance(usage, dict):
+            final = {**(self._message_start_usage or {}), **{k: v for k, v in usage.items() if v is not None}}
+            counts = anthropic_counts(final)
+            if counts is not None:
+                self.counts = counts
+                self._holding = self.hold
         return self._out(event)

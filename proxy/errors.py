@@ -1,4 +1,5 @@
-"""Refusals in OpenAI's error envelope, so the SDKs raise their usual exception with a readable message.
+"""Refusals in OpenAI's error envelope, so the SDKs raise their usual exception with a readable message; on Anthropic's
+Messages API (`/v1/messages` and under it) in Anthropic's, so its SDKs do too.
 
 Messages are fixed texts plus harmless facts (a method, a path, a limit): never a token, a key or an exception.
 """
@@ -270,18 +271,54 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def refusal_body(refusal: Refusal) -> bytes:
+# Anthropic's error type for each status (its SDKs pick the exception by status; the type is what they show).
+# Anthropic uses invalid_request_error for any other 4xx, and api_error is its 5xx.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_ANTHROPIC_PATH = "/messages"
+
+
+def anthropic_path(path: str) -> bool:
+    """Whether a request path is Anthropic's Messages API, whose refusals take Anthropic's shape: `/v1/messages` and
+    anything under it (count_tokens, batches). Takes the recorded path (`/v1/…`) or the one after `/v1`."""
+    path = path.removeprefix("/v1")
+    return path == _ANTHROPIC_PATH or path.startswith(_ANTHROPIC_PATH + "/")
+
+
+def anthropic_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+
+
+def refusal_body(refusal: Refusal, *, anthropic: bool = False, request_id: str | None = None) -> bytes:
+    """OpenAI's envelope; with `anthropic`, Anthropic's (`request_id` in it, as Anthropic's own errors have it)."""
+    if anthropic:
+        document = {"type": "error", "error": {"type": anthropic_type(refusal.status), "message": refusal.message}}
+        if request_id:
+            document["request_id"] = request_id
+        return json.dumps(document).encode()
     error = {"message": refusal.message, "type": refusal.type, "param": refusal.param, "code": refusal.code}
     return json.dumps({"error": error}).encode()
 
 
 def refusal_headers(refusal: Refusal) -> dict[str, str]:
+    """The same for both shapes: the OpenAI and Anthropic SDKs both honour X-Should-Retry and Retry-After."""
     headers = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
     if not refusal.retry:
-        headers["X-Should-Retry"] = "false"  # the OpenAI SDKs honour it: retrying a refusal changes nothing
+        headers["X-Should-Retry"] = "false"  # retrying a refusal changes nothing
     headers.update(refusal.headers)
     return headers
 
 
-def refusal_response(refusal: Refusal) -> HttpResponse:
-    return HttpResponse(refusal_body(refusal), status=refusal.status, headers=refusal_headers(refusal))
+def refusal_response(refusal: Refusal, *, anthropic: bool = False, request_id: str | None = None) -> HttpResponse:
+    body = refusal_body(refusal, anthropic=anthropic, request_id=request_id)
+    return HttpResponse(body, status=refusal.status, headers=refusal_headers(refusal))

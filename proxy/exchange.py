@@ -67,7 +67,9 @@ class Exchange:
 
     def refuse(self, refusal: errors.Refusal, extra_headers: dict[str, str] | None = None) -> HttpResponse:
         duration = self.elapsed_ms()
-        response = HttpResponse(errors.refusal_body(refusal), status=refusal.status)
+        anthropic = errors.anthropic_path(self.path)  # Anthropic's SDKs read their own shape
+        body = errors.refusal_body(refusal, anthropic=anthropic, request_id=self.request_id)
+        response = HttpResponse(body, status=refusal.status)
         for name, value in (errors.refusal_headers(refusal) | self.headers() | (extra_headers or {})).items():
             response[name] = value
         response["Server-Timing"] = f"proxy;dur={duration:.2f}"
