@@ -35,8 +35,8 @@ def missing_token() -> Refusal:
     return Refusal(
         401,
         "missing_token",
-        "No token provided. Send your sk-wt-… token as 'Authorization: Bearer <token>' "
-        "(the OpenAI SDKs do this with api_key=<token>).",
+        "No token provided. Send your sk-wt-… token as 'Authorization: Bearer <token>' or 'x-api-key: <token>' "
+        "(the OpenAI and Anthropic SDKs do this with api_key=<token>).",
         event=_auth_failed(SecurityEventReason.MISSING),
     )
 

@@ -48,8 +48,9 @@ _REQUEST_DROP = HOP_BY_HOP | {
 }
 
 # Never passed back: hop-by-hop headers, the upstream's cookies, its server and date (the proxy's server sets
-# its own), which organisation and project the company's key belongs to, and the upstream's request ID (passed
-# on as X-Upstream-Request-ID, since X-Request-ID is the proxy's).
+# its own), which organisation and project the company's key belongs to (OpenAI's, Anthropic's), and the
+# upstream's request ID (passed on as X-Upstream-Request-ID, since X-Request-ID is the proxy's; Anthropic's
+# `request-id` passes as it is, for a support request to Anthropic).
 _RESPONSE_DROP = HOP_BY_HOP | {
     b"set-cookie",
     b"server",
@@ -57,6 +58,7 @@ _RESPONSE_DROP = HOP_BY_HOP | {
     b"alt-svc",
     b"openai-organization",
     b"openai-project",
+    b"anthropic-organization-id",
     b"x-request-id",
 }
 

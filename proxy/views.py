@@ -76,7 +76,11 @@ async def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> 
     headers (so the browser lets the call through); the call itself is checked against its token's project."""
     check = endpoints.check("OPTIONS", api_path)
     if not check.known_path:
-        response = errors.refusal_response(errors.endpoint_not_allowed("OPTIONS", exchange.path))
+        response = errors.refusal_response(
+            errors.endpoint_not_allowed("OPTIONS", exchange.path),
+            anthropic=errors.anthropic_path(exchange.path),
+            request_id=exchange.request_id,
+        )
         response["X-Request-ID"] = exchange.request_id
         return response
     response = HttpResponse(status=204, headers={"X-Request-ID": exchange.request_id})

@@ -58,6 +58,12 @@ EVERY_REFUSAL = [
     errors.token_budget_exceeded(Decimal("1.5")),
     errors.project_budget_exceeded(Decimal("10"), "month", None),
     errors.model_not_priced("claude-unpriced"),
+    errors.model_not_allowed("claude-opus-4"),
+    errors.duplicate_model(),
+    errors.endpoint_not_allowed_for_project("POST", "/v1/messages/count_tokens"),
+    errors.origin_not_allowed("https://evil.example"),
+    errors.ip_not_allowed(),
+    errors.upstream_address_refused(),
     errors.internal_error(),
 ]
 
@@ -198,11 +204,10 @@ def test_an_unknown_token_is_refused_and_recorded(anthropic_client, upstream):
 
 @live
 def test_a_token_in_x_api_key_is_refused_in_anthropics_shape(anthropic_client, upstream):
-    """Until the proxy reads `x-api-key` (issue 11, another branch) such a request has no token (missing_token);
-    after, an unknown one (invalid_token). Either way: 401, Anthropic's shape, AuthenticationError."""
+    """The proxy reads the token from `x-api-key` too: an unknown one is refused as such, in Anthropic's shape."""
     error = refused(anthropic_client(UNKNOWN, x_api_key=True), anthropic.AuthenticationError)
 
-    assert error.body["error"]["message"] in (errors.missing_token().message, errors.unknown_token().message)
+    assert error.body["error"]["message"] == errors.unknown_token().message
     assert upstream.requests == []
 
 
