@@ -16,6 +16,9 @@ def test_seeds_an_empty_database_consistently():
     assert Project.objects.count() == 3 and Token.objects.count() == 20
     assert UsageRecord.objects.count() == 300
     assert usage_totals().requests == 300 and UsageDaily.objects.exists()
+    priced = UsageRecord.objects.exclude(cost_usd=None)
+    assert priced.exists() and not UsageRecord.objects.filter(upstream_aborted=True).exists()
+    assert sum(r.cost_usd for r in priced) == sum(d.cost_usd for d in UsageDaily.objects.all())  # spend adds up
     for token in Token.objects.filter(request_count__gt=0):
         used = UsageRecord.objects.filter(token=token)
         assert used.count() == token.request_count

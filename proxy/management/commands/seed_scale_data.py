@@ -15,6 +15,7 @@ from llmproxy.security.models import SecurityEvent, SecurityEventKind, SecurityE
 from projects import crypto
 from projects.models import Project
 from proxy.models import UsageDaily, UsageRecord
+from proxy.prices import PriceTable, read_price_table
 from tokens import secret
 from tokens.models import Token
 
@@ -23,11 +24,6 @@ PATHS = ["/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/models"
 STATUSES = [200] * 90 + [400, 401, 401, 403, 429, 429, 500, 502, 504, 413]
 LIFETIMES_HOURS = [0.25, 1, 8, 24, 168, 720]
 LIFETIME_WEIGHTS = [50, 20, 15, 10, 4, 1]
-USAGE_COLUMNS = [
-    "time", "project_id", "token_id", "token_prefix", "method", "path", "model", "status", "streamed",
-    "prompt_tokens", "completion_tokens", "total_tokens", "duration_ms", "ttfb_ms", "upstream_ms", "client_ip",
-    "request_id", "refusal_code", "client_aborted",
-]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -127,13 +123,14 @@ class Command(BaseCommand):
         counts: Counter = Counter()
         last_used: dict = {}
         written = 0
+        prices = read_price_table()
         while written < count:
             size = min(20_000, count - written)
             rows = []
             for token in rng.choices(tokens, cum_weights=weights, k=size):
                 time = token.start + timedelta(seconds=rng.uniform(0, token.seconds))
                 model = token.model if rng.random() < 0.9 else rng.choice(MODELS)
-                rows.append(self._usage_row(token, time, model, rng))
+                rows.append(self._usage_row(token, time, model, rng, prices))
                 counts[token.pk] += 1
                 last_used[token.pk] = max(time, last_used.get(token.pk, time))
             with transaction.atomic():
@@ -149,10 +146,12 @@ class Command(BaseCommand):
         )
 
     @staticmethod
-    def _usage_row(token: SeedToken, time, model: str, rng: random.Random) -> dict:
+    def _usage_row(token: SeedToken, time, model: str, rng: random.Random, prices: PriceTable) -> dict:
         status = rng.choice(STATUSES)
         prompt = rng.randint(5, 2000) if status == 200 else None
         completion = rng.randint(1, 800) if status == 200 else None
+        price = prices.lookup(model) if prompt is not None else None
+        cost = price.cost(input_tokens=prompt, cached_input_tokens=0, output_tokens=completion) if price else None
         duration = rng.uniform(80, 4000)
         return {
             "time": time,
@@ -167,6 +166,7 @@ class Command(BaseCommand):
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion if prompt is not None else None,
+            "cost_usd": cost,
             "duration_ms": duration,
             "ttfb_ms": duration * 0.3,
             "upstream_ms": duration * 0.95,
@@ -179,15 +179,14 @@ class Command(BaseCommand):
     @staticmethod
     def _insert_usage(rows: list[dict]) -> None:
         if connection.vendor == "postgresql":
-            # COPY is an order of magnitude faster than INSERT for millions of rows.
+            # COPY is an order of magnitude faster than INSERT for millions of rows. Every column is written (the
+            # model's defaults are not the database's), so a field added later cannot arrive as NULL.
             table = connection.ops.quote_name(UsageRecord._meta.db_table)
-            fields = [
-                UsageRecord._meta.get_field(c[:-3] if c in ("project_id", "token_id") else c) for c in USAGE_COLUMNS
-            ]
+            fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
             columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
             with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for row in rows:
-                    copy.write_row([row[c] for c in USAGE_COLUMNS])
+                    copy.write_row([row[f.attname] if f.attname in row else f.get_default() for f in fields])
         else:
             UsageRecord.objects.bulk_create([UsageRecord(**row) for row in rows], batch_size=2000)
 
