@@ -136,13 +136,17 @@ project_names = ProjectNames()
 _models: ModelLabels | None = None
 
 
-def count(row: dict, project: str) -> None:
-    """Count one finished request, from its usage row (in the usage writer thread)."""
+def _model_label(model: str, status: int) -> str:
     global _models
     if _models is None:
         _models = ModelLabels(settings.METRICS_MAX_MODELS)
+    return _models.label(model, status)
+
+
+def count(row: dict, project: str) -> None:
+    """Count one finished request, from its usage row (in the usage writer thread)."""
     status = row["status"]
-    model = _models.label(row["model"], status)
+    model = _model_label(row["model"], status)
     streamed = "true" if row["streamed"] else "false"
     REQUESTS.labels(project, f"{status // 100}xx", model).inc()
     REQUEST_DURATION.labels(streamed).observe(row["duration_ms"] / 1000)
@@ -154,10 +158,16 @@ def count(row: dict, project: str) -> None:
         PROMPT_TOKENS.labels(project, model).inc(row["prompt_tokens"])
     if row.get("completion_tokens"):
         COMPLETION_TOKENS.labels(project, model).inc(row["completion_tokens"])
-    if row.get("cost_usd"):
-        COST.labels(project, model).inc(float(row["cost_usd"]))
     if row["refusal_code"]:
         REFUSALS.labels(row["refusal_code"]).inc()
+
+
+def count_costs(rows: list[dict]) -> None:
+    """Count what written rows cost (once each: a row is priced where it is written, see proxy.writer)."""
+    for row in rows:
+        if row.get("cost_usd"):
+            model = _model_label(row["model"], row["status"])
+            COST.labels(project_names.label(row["project_id"]), model).inc(float(row["cost_usd"]))
 
 
 def exposition() -> bytes:

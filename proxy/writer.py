@@ -93,13 +93,23 @@ def _row(record: Record) -> dict:
     row["uid"] = uuid.uuid4()
     if counts is not None:
         row.update(vars(counts))
-        if row["cost_usd"] is None and (price := price_table_sync().lookup(row["model"])) is not None:
-            row["cost_usd"] = price.cost(
-                input_tokens=counts.prompt_tokens or 0,
-                cached_input_tokens=counts.cached_tokens or 0,
-                output_tokens=counts.completion_tokens or 0,
-            )
     return row
+
+
+def _price(rows: list[dict]) -> None:
+    """Rows with counts the relay did not price get their cost at the models' prices. Done where the rows are
+    written, on a database thread: a price table that cannot be read then fails the write, which spills the rows to
+    be priced when they are written back, instead of holding up the writer thread while the database is away."""
+    table = None
+    for row in rows:
+        if row["cost_usd"] is None and "prompt_tokens" in row:
+            table = table or price_table_sync()
+            if (price := table.lookup(row["model"])) is not None:
+                row["cost_usd"] = price.cost(
+                    input_tokens=row["prompt_tokens"] or 0,
+                    cached_input_tokens=row["cached_tokens"] or 0,
+                    output_tokens=row["completion_tokens"] or 0,
+                )
 
 
 def _charges(rows: list[dict]) -> list[Charge]:
@@ -121,6 +131,7 @@ def store(rows: list[dict]) -> int:
     alerts they cause and their security events, in one transaction. Returns how many were new. Runs on a database
     thread (or a test's own)."""
     with transaction.atomic():
+        _price(rows)
         new_uids = UsageRecord.objects.insert_new(rows)
         new = [row for row in rows if row["uid"] in new_uids]
         UsageDaily.objects.add(new)
@@ -135,6 +146,7 @@ def store(rows: list[dict]) -> int:
             if row.get("security_event")
         )
     announce(alerts)
+    metrics.count_costs(new)
     return len(new)
 
 
