@@ -3,12 +3,15 @@
 It starts the mock upstream (tests/mock_upstream.py, its own process) and the server as in production (gunicorn with
 uvicorn workers, gunicorn.conf.py, DEBUG off) on a fresh database: PostgreSQL when DATABASE_URL names one (a
 separate `<name>_bench` database on that server, created and dropped here), else a new SQLite file under data/.
-It seeds one project and one unlimited token, then prints, as ratios against the mock called directly:
+It seeds the projects and tokens each part needs, then prints, as ratios against the mock called directly:
 
 - added latency at concurrency 1 (p50, p99), non-streamed chat completions;
 - throughput at concurrency 32;
 - time to first byte of a stream;
 - 200 concurrent 3-second streams: failures, stream time against direct;
+- throughput of a token with every limit (and a project with a budget) against an unlimited one (`limits`);
+- latency and throughput of a token under a project policy (models, an alias, endpoints, origins, addresses)
+  against one with none (`policy`);
 - the server's peak RSS (gunicorn master and workers, from /proc).
 
 The load generator is a minimal HTTP/1.1 client on raw asyncio streams (keep-alive), so that its own cost stays
@@ -39,8 +42,23 @@ STREAM = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "stream": True}
 ).encode()
 
-TARGETS = {"added_p50_ms": 1.5, "throughput_ratio": 0.06, "stream_ratio": 1.05, "limits_ratio": 0.85}
-PARTS = ("latency", "throughput", "ttfb", "streams", "limits")
+TARGETS = {
+    "added_p50_ms": 1.5,
+    "throughput_ratio": 0.06,
+    "stream_ratio": 1.05,
+    "limits_ratio": 0.85,
+    "policy_ratio": 0.95,
+}
+PARTS = ("latency", "throughput", "ttfb", "streams", "limits", "policy")
+# The policy part's project: every list set, the request naming a model by its alias (the body is read and rewritten).
+POLICY = {
+    "allowed_models": ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"],
+    "model_aliases": {"fast": "gpt-4o-mini"},
+    "allowed_endpoints": ["POST /chat/completions", "POST /embeddings", "GET /models"],
+    "allowed_origins": ["https://app.example.com"],
+    "allowed_ips": ["127.0.0.0/8", "10.0.0.0/8"],
+}
+ALIASED_CHAT = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "Say hello"}]}).encode()
 
 
 # --- a small HTTP/1.1 client ----------------------------------------------------------------------------------------
@@ -114,16 +132,19 @@ class Target:
     port: int
     prefix: str
     authorization: str
+    body: bytes = CHAT
+    origin: str = ""  # sent as Origin when set, as a browser app would
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {"Authorization": self.authorization, "Content-Type": "application/json", **(extra or {})}
+        origin = {"Origin": self.origin} if self.origin else {}
+        return {"Authorization": self.authorization, "Content-Type": "application/json", **origin, **(extra or {})}
 
 
 async def latency(target: Target, count: int, warmup: int) -> list[float]:
     connection = Connection(target.host, target.port)
     timings = []
     for i in range(warmup + count):
-        timing = await connection.request("POST", f"{target.prefix}/chat/completions", target.headers(), CHAT)
+        timing = await connection.request("POST", f"{target.prefix}/chat/completions", target.headers(), target.body)
         assert timing.status == 200, timing
         if i >= warmup:
             timings.append(timing.total * 1000)
@@ -140,7 +161,9 @@ async def throughput(target: Target, concurrency: int, seconds: float) -> tuple[
         connection = Connection(target.host, target.port)
         while time.perf_counter() < stop_at:
             try:
-                timing = await connection.request("POST", f"{target.prefix}/chat/completions", target.headers(), CHAT)
+                timing = await connection.request(
+                    "POST", f"{target.prefix}/chat/completions", target.headers(), target.body
+                )
                 done += timing.status == 200
                 failed += timing.status != 200
             except (OSError, asyncio.IncompleteReadError):
@@ -236,10 +259,11 @@ def database(bench_id: str) -> tuple[str, callable]:
     return f"sqlite:///{path}", remove
 
 
-def seed(env: dict) -> tuple[str, str]:
-    """Migrate, then create a project with an unlimited token, and a project with every limit (out of reach: they
-    are counted, never reached) with a token that has every limit too; the two tokens' plaintexts. The bench's
-    model gets a price, so its cost is computed and charged."""
+def seed(env: dict) -> tuple[str, str, str]:
+    """Migrate, then create a project with an unlimited token, a project with every limit (out of reach: they
+    are counted, never reached) with a token that has every limit too, and a project with every policy list (that
+    the bench's requests meet) with a token narrowing it; the three tokens' plaintexts. The bench's model gets a
+    price, so its cost is computed and charged."""
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
     code = (
         "from datetime import timedelta\n"
@@ -256,6 +280,9 @@ def seed(env: dict) -> tuple[str, str]:
         "                         budget_usd=10**9, budget_period='month')\n"
         "print(token_generate(project=limited, duration=timedelta(hours=2), actor=actor, requests_per_minute=10**9,\n"
         "                     tokens_per_minute=10**9, budget_usd=10**9).plaintext)\n"
+        f"ruled = project_create(name='Bench policy', api_key='{UPSTREAM_KEY}', actor=actor, **{POLICY!r})\n"
+        "print(token_generate(project=ruled, duration=timedelta(hours=2), actor=actor,\n"
+        "                     allowed_models=['gpt-4o-mini'], allowed_ips=['127.0.0.1/32']).plaintext)\n"
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
@@ -265,8 +292,8 @@ def seed(env: dict) -> tuple[str, str]:
         capture_output=True,
         text=True,
     )
-    free, limited = result.stdout.strip().splitlines()[-2:]
-    return free, limited
+    free, limited, ruled = result.stdout.strip().splitlines()[-3:]
+    return free, limited, ruled
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -290,7 +317,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(direct: Target, proxied: Target, limited: Target, args) -> dict:
+async def measure(direct: Target, proxied: Target, limited: Target, ruled: Target, args) -> dict:
     figures: dict = {}
     # warm both paths (connections, imports, caches) before measuring
     await latency(direct, 50, 50)
@@ -315,6 +342,8 @@ async def measure(direct: Target, proxied: Target, limited: Target, args) -> dic
         figures["streams"] = await measure_streams(direct, proxied, args)
     if "limits" in args.parts:
         figures["limits"] = await measure_limits(proxied, limited, args)
+    if "policy" in args.parts:
+        figures["policy"] = await measure_policy(proxied, ruled, args)
     return figures
 
 
@@ -327,6 +356,25 @@ async def measure_limits(proxied: Target, limited: Target, args) -> dict:
         free.append((await throughput(proxied, 32, args.seconds))[0])
         counted.append((await throughput(limited, 32, args.seconds))[0])
     return {"unlimited": statistics.median(free), "limited": statistics.median(counted)}
+
+
+async def measure_policy(proxied: Target, ruled: Target, args) -> dict:
+    """Latency p50 at c=1 and throughput at c=32 of a token under a project policy (the request sent by an allowed
+    origin from an allowed address, naming an alias) against a token with none, interleaved, three runs each: what
+    the policy's checks and the body's rewrite cost."""
+    await latency(ruled, 50, 50)
+    free, ruled_rps, free_p50, ruled_p50 = [], [], [], []
+    for _ in range(3):
+        free_p50.append(statistics.median(await latency(proxied, args.requests // 4, 20)))
+        ruled_p50.append(statistics.median(await latency(ruled, args.requests // 4, 20)))
+        free.append((await throughput(proxied, 32, args.seconds))[0])
+        ruled_rps.append((await throughput(ruled, 32, args.seconds))[0])
+    return {
+        "free_p50": statistics.median(free_p50),
+        "ruled_p50": statistics.median(ruled_p50),
+        "free": statistics.median(free),
+        "ruled": statistics.median(ruled_rps),
+    }
 
 
 async def measure_latency(direct: Target, proxied: Target, args) -> dict:
@@ -397,6 +445,14 @@ def report(figures: dict, engine: str, workers: int, rss_kib: int) -> None:
             f"{lim['limited']:.0f} req/s = {ratio:.1%}   "
             f"[target >= {TARGETS['limits_ratio']:.0%}: {verdict(ratio >= TARGETS['limits_ratio'])}]"
         )
+    if pol := figures.get("policy"):
+        ratio = pol["ruled"] / pol["free"]
+        print(
+            f"  policy  p50 c=1 {pol['free_p50']:.2f} ms without, {pol['ruled_p50']:.2f} ms with "
+            f"(+{pol['ruled_p50'] - pol['free_p50']:.2f} ms); c=32 {pol['free']:.0f} req/s without, "
+            f"{pol['ruled']:.0f} req/s with = {ratio:.1%}   "
+            f"[target >= {TARGETS['policy_ratio']:.0%}: {verdict(ratio >= TARGETS['policy_ratio'])}]"
+        )
     print(f"  server peak RSS  {rss_kib / 1024:.0f} MiB (gunicorn master + {workers} workers)")
 
 
@@ -442,7 +498,7 @@ def main() -> None:
     sampler = None
     server_log = None
     try:
-        token, limited_token = seed(env)
+        token, limited_token, ruled_token = seed(env)
         mock = subprocess.Popen(
             [sys.executable, "tests/mock_upstream.py", "--port", str(mock_port)],
             cwd=BASE_DIR,
@@ -469,13 +525,22 @@ def main() -> None:
         direct = Target("direct", "127.0.0.1", mock_port, "/v1", f"Bearer {UPSTREAM_KEY}")
         proxied = Target("proxied", "127.0.0.1", server_port, "/v1", f"Bearer {token}")
         limited = Target("limited", "127.0.0.1", server_port, "/v1", f"Bearer {limited_token}")
+        ruled = Target(
+            "ruled",
+            "127.0.0.1",
+            server_port,
+            "/v1",
+            f"Bearer {ruled_token}",
+            ALIASED_CHAT,
+            POLICY["allowed_origins"][0],
+        )
         try:
             import uvloop
 
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        figures = runner(measure(direct, proxied, limited, args))
+        figures = runner(measure(direct, proxied, limited, ruled, args))
         sampler.running = False
         engine = "PostgreSQL" if db_url.startswith("postgres") else "SQLite"
         report(figures, engine, args.workers, sampler.peak_kib)
