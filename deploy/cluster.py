@@ -8,7 +8,7 @@ PostgreSQL URL in DATABASE_URL, and the same SECRET_KEY, ENCRYPTION_KEYS and MAN
 every admission is one statement there.
 
 HAProxy rather than nginx: active health checks in the open-source edition (an instance that stops answering
-`/healthz` is out of rotation within 2 s, and back as soon as it answers), `leastconn` balancing that suits
+`/healthz` is out of rotation within 3 s, and back as soon as it answers), `leastconn` balancing that suits
 long-lived streams, and retries of a request only when the connection to an instance failed (so a request an
 instance may have admitted is never sent twice).
 """
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -39,6 +40,23 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+
+
+def _wait_until_serving(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    """Until the instance answers `/healthz`: its port opens before its workers have booted, and a balancer that
+    checks it meanwhile (three checks timing out) takes it out of rotation."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer /healthz on port {port} within {timeout} s")
 
 
 def haproxy_config(port: int, instances: list[int]) -> str:
@@ -85,7 +103,7 @@ class Cluster:
                 )
                 log.close()
             for index, (process, instance_port) in enumerate(zip(self.instances, self.ports, strict=True)):
-                _wait_for_port(instance_port, process, f"instance {index + 1}")
+                _wait_until_serving(instance_port, process, f"instance {index + 1}")
             config = self.workdir / "haproxy.cfg"
             config.write_text(haproxy_config(port, self.ports))
             log = (self.workdir / "haproxy.log").open("w")

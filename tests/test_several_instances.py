@@ -152,7 +152,7 @@ def test_stopping_instances_under_traffic_loses_no_admitted_record(cluster, make
     another (what it held in memory is the stated loss window); the balancer routes around both."""
     token = make_token(make_project()).plaintext
     answered: dict[str, int] = {}
-    failed = []
+    failed, refused = [], []
     lock = threading.Lock()
     running = True
 
@@ -167,6 +167,9 @@ def test_stopping_instances_under_traffic_loses_no_admitted_record(cluster, make
                         headers={"Authorization": f"Bearer {token}", "X-Request-ID": request_id},
                     )
                     status = response.status_code
+                    if status != 200:
+                        with lock:
+                            refused.append(f"{status} {response.headers.get('server', '')} {response.text[:300]}")
                 except httpx.HTTPError:
                     with lock:
                         failed.append(request_id)
@@ -175,6 +178,7 @@ def test_stopping_instances_under_traffic_loses_no_admitted_record(cluster, make
                     answered[request_id] = status
 
     threads = [threading.Thread(target=client) for _ in range(8)]
+    started = time.monotonic()
     for thread in threads:
         thread.start()
     time.sleep(1.5)
@@ -186,12 +190,16 @@ def test_stopping_instances_under_traffic_loses_no_admitted_record(cluster, make
         after_kill = len(answered)
     time.sleep(1.5)
     running = False
+    elapsed = time.monotonic() - started
     for thread in threads:
         thread.join(30)
 
     assert len(answered) > after_kill > 0, "traffic went on after the instances stopped"
-    assert set(answered.values()) == {200}
+    assert set(answered.values()) == {200}, refused
     written = records(set(answered))
-    # At most what the killed worker had in memory: the requests in flight on it (one per client at most).
-    assert len(answered) - written <= len(threads), f"{len(answered) - written} records lost"
+    # At most what the killed worker had in memory (the README's window): the records of requests answered in its
+    # last batch interval and the batch being written, 0.1 s of traffic at the rate measured here, and the requests
+    # in flight on it (one per client).
+    window = len(answered) / elapsed * 0.1 + len(threads)
+    assert len(answered) - written <= window, f"{len(answered) - written} records lost (window {window:.0f})"
     assert len(failed) <= len(threads), "the balancer did not route around the stopped instances"
