@@ -46,9 +46,9 @@ def test_list_shows_columns_token_counts_and_row_actions(admin_client, make_proj
     for _ in range(3):
         make_token(busy)
     text = page(admin_client.get(CHANGELIST))
-    for header in ("Name", "Status", "Created", "Tokens", "Actions"):
+    for header in ("Name", "Status", "Tokens", "Spend", "Created", "Actions"):
         assert f">{header}<" in text or f">{header}</a>" in text
-    assert f'href="{detail_url(busy)}"' in text and ">Busy</a>" in text
+    assert f'href="{detail_url(busy)}"' in text and 'title="Busy">Busy</span></a>' in text
     cl = admin_client.get(CHANGELIST).context["cl"]
     counts = {p.name: p.token_count for p in cl.result_list}
     assert counts == {"Busy": 3, "Idle": 0}
@@ -80,8 +80,8 @@ def test_list_search_filter_sort_and_paginate(admin_client, make_project, make_t
     assert names("?status=inactive") == ["Development team"]
     text = page(admin_client.get(CHANGELIST))
     assert "By status" in text and ">Active</a>" in text and ">Inactive</a>" in text
-    # Column 4 is Tokens: descending puts the project with most tokens first.
-    assert names("?o=-4")[0] == "Many tokens"
+    # Column 3 is Tokens: descending puts the project with most tokens first.
+    assert names("?o=-3")[0] == "Many tokens"
     assert names("?o=1") == sorted(names("?o=1"), key=str.lower)
 
     for i in range(30):
