@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -40,6 +40,9 @@ class SecurityEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "detail",
     ]
     readonly_fields = fields
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Security events", **(extra_context or {})})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SecurityEvent]:
         return security_events()

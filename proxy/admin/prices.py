@@ -107,7 +107,11 @@ class ModelPriceAdmin(AuditHistoryMixin, admin.ModelAdmin):
         return ["model"] if obj is not None else []  # another model is another entry: add it, delete this one
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-        context = {"price_cache_seconds": f"{settings.PRICE_CACHE_SECONDS:g}", **(extra_context or {})}
+        context = {
+            "title": "Model prices",
+            "price_cache_seconds": f"{settings.PRICE_CACHE_SECONDS:g}",
+            **(extra_context or {}),
+        }
         return super().changelist_view(request, context)
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: ModelPriceForm, change: bool) -> None:

@@ -102,6 +102,9 @@ class MintingKeyAdmin(NeverDeletedMixin, OperatorPagesMixin, admin.ModelAdmin):
         url = reverse("admin:tokens_mintingkey_revoke", args=[obj.pk])
         return format_html('<a class="deletelink" href="{}">Revoke this key…</a>', url)
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Minting keys", **(extra_context or {})})
+
     def has_change_permission(self, request: HttpRequest, obj: MintingKey | None = None) -> bool:
         return False  # nothing to edit: a key is created, used and revoked
 
