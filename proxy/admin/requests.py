@@ -176,6 +176,10 @@ CSV_COLUMNS = [
 ]
 
 
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f} ms"
+
+
 def _rows_in_chunks(records: QuerySet[UsageRecord], fields: list[str], chunk_size: int) -> Iterator[list[tuple]]:
     """The rows, a chunk at a time, each chunk one short query resuming after the last row seen (by time, then id).
 
@@ -224,6 +228,32 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "outcome",
     ]
     list_display_links = ["when"]
+    # The request's page: every field, grouped, in the units people read.
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "full_time",
+                    "coloured_status",
+                    "refusal_code",
+                    "method",
+                    "path",
+                    "model",
+                    "streamed",
+                    "client_aborted",
+                    "upstream_aborted",
+                ]
+            },
+        ),
+        ("Who", {"fields": ["project", "token", "token_prefix", "client_ip", "request_id"]}),
+        (
+            "Tokens and cost",
+            {"fields": ["prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost_exact"]},
+        ),
+        ("Timing", {"fields": ["duration_exact", "ttfb_exact", "upstream_exact"]}),
+    ]
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
     list_filter = [
         TimeRangeFilter,
         "project",
@@ -335,6 +365,27 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
         if record.upstream_aborted:
             parts.append("upstream broke off")
         return truncated(", ".join(parts), "narrow") if parts else ""
+
+    @admin.display(description="Time")
+    def full_time(self, record: UsageRecord) -> str:
+        return formats.date_format(timezone.localtime(record.time), FULL_TIME_FORMAT)
+
+    @admin.display(description="Cost")
+    def cost_exact(self, record: UsageRecord) -> str:
+        """To the millionth of a cent it is kept in; blank when the model had no price."""
+        return "— (the model had no price)" if record.cost_usd is None else f"${record.cost_usd.normalize():f}"
+
+    @admin.display(description="Duration")
+    def duration_exact(self, record: UsageRecord) -> str:
+        return _ms(record.duration_ms)
+
+    @admin.display(description="Time to first byte")
+    def ttfb_exact(self, record: UsageRecord) -> str:
+        return _ms(record.ttfb_ms)
+
+    @admin.display(description="Upstream time")
+    def upstream_exact(self, record: UsageRecord) -> str:
+        return _ms(record.upstream_ms)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
