@@ -25,6 +25,7 @@ from llmproxy.audit import Actor
 from llmproxy.audit.history import AuditHistoryMixin
 from llmproxy.errors import ServiceError
 from proxy.probe import project_upstream_test
+from proxy.selectors import budget_alerts_recent
 from tokens.selectors import project_minting_keys, project_token_summary, project_unrevoked_token_count
 from tokens.services import project_set_active, project_tokens_revoke
 
@@ -184,6 +185,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
             "status": status_badge(project),
             "tokens": project_token_summary(project),
             "minting_keys": project_minting_keys(project),
+            "budget_alerts": budget_alerts_recent(project=project, days=None),
             "can_add_minting_key": request.user.has_perm("tokens.add_mintingkey"),
             "can_change": can_change,
             "can_revoke_tokens": can_change and request.user.has_perm("tokens.change_token"),

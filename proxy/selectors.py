@@ -260,9 +260,14 @@ def spend_totals() -> SpendTotals:
     )
 
 
-def budget_alerts_recent(*, days: int = 7, limit: int = 5) -> list[BudgetAlert]:
-    """The budget alerts of the last `days` days, newest first (with their project)."""
-    since = timezone.now() - datetime.timedelta(days=days)
-    return list(
-        BudgetAlert.objects.filter(created_at__gte=since).select_related("project").order_by("-created_at")[:limit]
-    )
+def budget_alerts_recent(
+    *, days: int | None = 7, project: Project | UUID | None = None, limit: int = 5
+) -> list[BudgetAlert]:
+    """The budget alerts of the last `days` days (None: ever), of one project or all, newest first (with their
+    project)."""
+    alerts = BudgetAlert.objects.select_related("project").order_by("-created_at")
+    if days is not None:
+        alerts = alerts.filter(created_at__gte=timezone.now() - datetime.timedelta(days=days))
+    if project is not None:
+        alerts = alerts.filter(project_id=getattr(project, "pk", project))
+    return list(alerts[:limit])

@@ -355,3 +355,25 @@ def test_history_shows_the_audit_entries(admin_client, make_project):
     assert "<strong>Name</strong>: Before → After" in text and "<strong>Active</strong>: True → False" in text
     assert ".None<" not in text and "Token.None" not in text, "reverse relations are not changes"
     assert ">operator<" in text and "10.1.2.3" in text and "127.0.0.1" in text and ">admin<" in text
+
+
+def test_project_page_lists_its_budget_alerts(admin_client, make_project):
+    from decimal import Decimal
+
+    from proxy.models import BudgetAlert
+
+    project, other = make_project("Watched"), make_project("Other")
+    for owner, threshold in ((project, 80), (project, 100), (other, 80)):
+        BudgetAlert.objects.create(
+            project=owner,
+            period="month",
+            period_key=1,
+            threshold=threshold,
+            budget_usd=Decimal("50"),
+            spent_usd=Decimal("40") if threshold == 80 else Decimal("50.20"),
+        )
+    text = page(admin_client.get(detail_url(project)))
+    alerts = text.split('class="budget-alert-list"', 1)[1].split("</ul>", 1)[0]
+    assert alerts.count('class="budget-alert"') == 2
+    assert "100 %</span>" in alerts and "$50.20 of $50.00" in alerts and "$40.00 of $50.00" in alerts
+    assert "budget-alert-list" not in page(admin_client.get(detail_url(make_project("Quiet"))))
