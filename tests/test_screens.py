@@ -54,6 +54,7 @@ def seeded(live_db, operator_login, operator):  # noqa: F811
     from proxy.models import BudgetAlert, UsageDaily, UsageRecord
     from proxy.services import price_set
     from tokens.minting import minting_key_create
+    from tokens.services import token_generate
 
     call_command("seed_scale_data", projects=12, tokens=80, usage=1500, days=14, stdout=io.StringIO())
     # The seed's requests name models without prices: give them a cost, as priced requests would have.
@@ -76,6 +77,12 @@ def seeded(live_db, operator_login, operator):  # noqa: F811
     long_project = project_create(name=long_name, api_key="sk-proj-" + "x" * 40, actor=operator)
     minting_key_create(project=long_project, name="web backend of the customer support assistant", actor=operator)
     minting_key_create(project=busiest, name="CI pipeline", actor=operator)
+    token_generate(
+        project=long_project,
+        duration=timedelta(hours=3),
+        label="Nightly evaluation run of the retrieval pipeline against the full regression suite",
+        actor=operator,
+    )
     for model, prices in {
         "gpt-4o-mini*": ("0.15", "0.075", "0.60"),
         "gpt-4o*": ("2.50", "1.25", "10.00"),
@@ -143,9 +150,10 @@ def test_every_screen_fits_a_laptop(seeded, operator_login, proxy_server, browse
         _assert_fits(page, name)
         _assert_columns_in_view(page, name, columns)
 
-    # The details that left the lists are on the detail pages.
-    page.goto(f"{proxy_server.url}/admin/proxy/usagerecord/")
-    page.click("#result_list tbody tr:first-child th a")
-    page.wait_for_selector("#content-main")
-    page.screenshot(path=str(SCREENSHOTS / f"request-{scheme}.png"), full_page=True)
-    _assert_fits(page, "request")
+    # The details that left the lists are on the detail pages, which fit too.
+    for name, path in [("request", "proxy/usagerecord/"), ("token", "tokens/token/"), ("project", "projects/project/")]:
+        page.goto(f"{proxy_server.url}/admin/{path}")
+        page.click("#result_list tbody tr:first-child a[href*='/change/']")
+        page.wait_for_selector("#content-main")
+        page.screenshot(path=str(SCREENSHOTS / f"{name}-{scheme}.png"), full_page=True)
+        _assert_fits(page, name)
