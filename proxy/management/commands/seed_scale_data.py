@@ -26,7 +26,7 @@ LIFETIME_WEIGHTS = [50, 20, 15, 10, 4, 1]
 USAGE_COLUMNS = [
     "time", "project_id", "token_id", "token_prefix", "method", "path", "model", "status", "streamed",
     "prompt_tokens", "completion_tokens", "total_tokens", "duration_ms", "ttfb_ms", "upstream_ms", "client_ip",
-    "request_id", "refusal_code", "client_aborted",
+    "request_id", "refusal_code", "client_aborted", "upstream_aborted",
 ]  # fmt: skip
 
 
@@ -174,6 +174,7 @@ class Command(BaseCommand):
             "request_id": uuid.UUID(int=rng.getrandbits(128)).hex,
             "refusal_code": "request_limit_reached" if status == 429 else "",
             "client_aborted": False,
+            "upstream_aborted": False,
         }
 
     @staticmethod
