@@ -166,6 +166,8 @@ CSV_COLUMNS = [
     ("prompt_tokens", "prompt_tokens"),
     ("completion_tokens", "completion_tokens"),
     ("total_tokens", "total_tokens"),
+    ("cached_tokens", "cached_tokens"),
+    ("cost_usd", "cost_usd"),
     ("duration_ms", "duration_ms"),
     ("ttfb_ms", "ttfb_ms"),
     ("upstream_ms", "upstream_ms"),
