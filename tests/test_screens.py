@@ -151,9 +151,14 @@ def test_every_screen_fits_a_laptop(seeded, operator_login, proxy_server, browse
         _assert_columns_in_view(page, name, columns)
 
     # The details that left the lists are on the detail pages, which fit too.
-    for name, path in [("request", "proxy/usagerecord/"), ("token", "tokens/token/"), ("project", "projects/project/")]:
+    for name, path in [("request", "proxy/usagerecord/"), ("token", "tokens/token/")]:
         page.goto(f"{proxy_server.url}/admin/{path}")
         page.click("#result_list tbody tr:first-child a[href*='/change/']")
         page.wait_for_selector("#content-main")
         page.screenshot(path=str(SCREENSHOTS / f"{name}-{scheme}.png"), full_page=True)
         _assert_fits(page, name)
+    page.goto(f"{proxy_server.url}/admin/projects/project/{seeded.pk}/change/")  # its budget, alert and usage
+    page.wait_for_selector(".project-detail")
+    page.screenshot(path=str(SCREENSHOTS / f"project-{scheme}.png"), full_page=True)
+    _assert_fits(page, "project")
+    assert page.locator(".budget-alert-list").is_visible()
