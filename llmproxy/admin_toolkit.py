@@ -82,13 +82,17 @@ def add_service_error(form: forms.Form, error: ServiceError, field_names: dict[s
 FULL_TIME_FORMAT = "D j M Y, H:i:s T"
 
 
-def compact_time(value: datetime | None, empty: str = "—") -> SafeString | str:
-    """A time in a list row, short enough for a laptop's width: `1 Dec 22:40` (`1 Dec 2025` when not this year),
-    in the site's time zone, with the full date and time in its tooltip."""
+def compact_time(value: datetime | None, empty: str = "—", *, seconds: bool = False) -> SafeString | str:
+    """A time in a list row, short enough for a laptop's width: `1 Dec 22:40` (`1 Dec 2025` when not this year;
+    `1 Dec 22:40:05` with `seconds`, for logs), in the site's time zone, with the full date and time in its
+    tooltip."""
     if value is None:
         return empty
     local = timezone.localtime(value)
-    short = "j M H:i" if local.year == timezone.localtime().year else "j M Y"
+    if seconds:
+        short = "j M H:i:s" if local.year == timezone.localtime().year else "j M Y H:i:s"
+    else:
+        short = "j M H:i" if local.year == timezone.localtime().year else "j M Y"
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',
         value.isoformat(),

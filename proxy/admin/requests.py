@@ -23,6 +23,7 @@ from llmproxy.admin_toolkit import (
     InputFilter,
     LookaheadPaginator,
     ReadOnlyMixin,
+    compact_time,
     csv_response,
     truncated,
 )
@@ -323,15 +324,7 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Time", ordering="time")
     def when(self, record: UsageRecord) -> SafeString:
-        """To the second: requests come many a minute."""
-        local = timezone.localtime(record.time)
-        short = "j M H:i:s" if local.year == timezone.localtime().year else "j M Y H:i:s"
-        return format_html(
-            '<time datetime="{}" title="{}">{}</time>',
-            record.time.isoformat(),
-            formats.date_format(local, FULL_TIME_FORMAT),
-            formats.date_format(local, short),
-        )
+        return compact_time(record.time, seconds=True)  # requests come many a minute
 
     @admin.display(description="Status")
     def coloured_status(self, record: UsageRecord) -> SafeString:
