@@ -330,7 +330,7 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def coloured_status(self, record: UsageRecord) -> SafeString:
         return status_badge(record)
 
-    @admin.display(description="Model", empty_value="—")
+    @admin.display(description="Model")
     def model_cell(self, record: UsageRecord) -> SafeString | str:
         return truncated(record.model, "narrow") if record.model else "—"
 
@@ -367,7 +367,7 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Cost")
     def cost_exact(self, record: UsageRecord) -> str:
-        """To the millionth of a cent it is kept in; blank when the model had no price."""
+        """Exact, as kept (to 12 decimal places); a dash when the model had no price."""
         return "— (the model had no price)" if record.cost_usd is None else f"${record.cost_usd.normalize():f}"
 
     @admin.display(description="Duration")
