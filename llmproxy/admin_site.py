@@ -32,6 +32,7 @@ class LLMProxyAdminSite(admin.AdminSite):
     recent_activity_size = 10
     usage_days = 14
     lockout_hours = 24
+    budget_alert_days = 7
 
     @login_not_required
     async def login(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
@@ -44,12 +45,19 @@ class LLMProxyAdminSite(admin.AdminSite):
         return response
 
     def index(self, request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
-        """The dashboard: projects and tokens at a glance, usage of the last days, recent activity, quick actions,
-        then the app list."""
+        """The dashboard: counts and spend at a glance, budget alerts, usage of the last days, the busiest projects
+        and tokens, what expires soon, recent activity, quick actions, then the app list."""
         # Imported here: this module is loaded while the app registry is still being populated.
         from projects.selectors import project_counts
-        from proxy.selectors import busiest_projects, busiest_tokens, usage_daily
-        from tokens.selectors import token_counts
+        from proxy.selectors import (
+            budget_alerts_recent,
+            busiest_projects,
+            busiest_tokens,
+            spend_overview,
+            spend_totals,
+            usage_daily,
+        )
+        from tokens.selectors import token_counts, tokens_expiring_soon
 
         from .audit.selectors import audit_recent_entries
         from .health import usage_degraded
@@ -58,6 +66,11 @@ class LLMProxyAdminSite(admin.AdminSite):
         context = {
             "project_counts": project_counts(),
             "token_counts": token_counts(),
+            "expiring_soon": tokens_expiring_soon(hours=24),
+            "spend": spend_totals(),
+            "spend_overview": spend_overview(),
+            "budget_alerts": budget_alerts_recent(days=self.budget_alert_days),
+            "budget_alert_days": self.budget_alert_days,
             "recent_activity": audit_recent_entries(self.recent_activity_size),
             "login_lockouts": {"count": login_lockout_count(self.lockout_hours), "hours": self.lockout_hours},
             "usage_degraded": usage_degraded(),

@@ -21,7 +21,10 @@ from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern
+from django.utils import formats, timezone
 from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from .errors import ServiceError
 
@@ -72,6 +75,36 @@ def add_service_error(form: forms.Form, error: ServiceError, field_names: dict[s
     form's), or above the form when the form has no such field."""
     name = (field_names or {}).get(error.field, error.field)
     form.add_error(name if name in form.fields else None, error.text)
+
+
+# --- list cells -------------------------------------------------------------------------------------------------
+
+FULL_TIME_FORMAT = "D j M Y, H:i:s T"
+
+
+def compact_time(value: datetime | None, empty: str = "—", *, seconds: bool = False) -> SafeString | str:
+    """A time in a list row, short enough for a laptop's width: `1 Dec 22:40` (`1 Dec 2025` when not this year;
+    `1 Dec 22:40:05` with `seconds`, for logs), in the site's time zone, with the full date and time in its
+    tooltip."""
+    if value is None:
+        return empty
+    local = timezone.localtime(value)
+    if seconds:
+        short = "j M H:i:s" if local.year == timezone.localtime().year else "j M Y H:i:s"
+    else:
+        short = "j M H:i" if local.year == timezone.localtime().year else "j M Y"
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        value.isoformat(),
+        formats.date_format(local, FULL_TIME_FORMAT),
+        formats.date_format(local, short),
+    )
+
+
+def truncated(text: str, size: str = "") -> SafeString:
+    """A long value cut with an ellipsis by its cell (CSS `.truncate`, `-narrow` or `-wide`), whole in its tooltip."""
+    css = f"truncate truncate-{size}" if size else "truncate"
+    return format_html('<span class="{}" title="{}">{}</span>', css, text, text)
 
 
 # --- never deleted ------------------------------------------------------------------------------------------------

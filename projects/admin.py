@@ -14,19 +14,23 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.views.decorators.debug import sensitive_post_parameters
 
-from llmproxy.admin_toolkit import DetailPageMixin, NeverDeletedMixin, add_service_error
+from llmproxy.admin_toolkit import DetailPageMixin, NeverDeletedMixin, add_service_error, compact_time, truncated
 from llmproxy.audit import Actor
 from llmproxy.audit.history import AuditHistoryMixin
 from llmproxy.errors import ServiceError
 from proxy.probe import project_upstream_test
+from proxy.selectors import budget_alerts_recent
 from tokens.selectors import project_minting_keys, project_token_summary, project_unrevoked_token_count
 from tokens.services import project_set_active, project_tokens_revoke
 
 from .forms import ProjectCreateForm, ProjectEditForm, ProjectPolicyForm, as_lines
+from .limits import usd
 from .models import Project
 from .policy import POLICY_FIELDS
 from .selectors import project_list_with_token_counts
@@ -60,7 +64,7 @@ def status_badge(project: Project) -> str:
 
 @admin.register(Project)
 class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.ModelAdmin):
-    list_display = ["name", "status", "created", "token_count", "row_actions"]
+    list_display = ["project_name", "status", "token_count", "spend", "created", "row_actions"]
     list_filter = [ProjectStatusFilter]
     search_fields = ["name"]
     ordering = ["name"]
@@ -84,13 +88,27 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         return super().changelist_view(request, {"title": "Projects", **(extra_context or {})})
 
+    @admin.display(description="Name", ordering="name")
+    def project_name(self, project: Project) -> SafeString:
+        return truncated(project.name, "wide")
+
     @admin.display(description="Status", ordering="is_active")
     def status(self, project: Project) -> str:
         return status_badge(project)
 
+    @admin.display(description="Spend")
+    def spend(self, project: Project) -> str:
+        """This budget period's spend, beside the budget when there is one."""
+        spent = usd(project.spent_in_period(timezone.now()))
+        if project.budget_usd is None:
+            return spent
+        return format_html(
+            '{} / {} <span class="quiet-text">{}</span>', spent, usd(project.budget_usd), project.budget_period
+        )
+
     @admin.display(description="Created", ordering="created_at")
-    def created(self, project: Project):
-        return project.created_at
+    def created(self, project: Project) -> SafeString:
+        return compact_time(project.created_at)
 
     @admin.display(description="Tokens", ordering="token_count")
     def token_count(self, project: Project) -> int:
@@ -167,6 +185,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
             "status": status_badge(project),
             "tokens": project_token_summary(project),
             "minting_keys": project_minting_keys(project),
+            "budget_alerts": budget_alerts_recent(project=project, days=None),
             "can_add_minting_key": request.user.has_perm("tokens.add_mintingkey"),
             "can_change": can_change,
             "can_revoke_tokens": can_change and request.user.has_perm("tokens.change_token"),

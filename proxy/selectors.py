@@ -16,7 +16,7 @@ from django.utils import timezone
 from projects.models import Project
 from tokens.models import Token
 
-from .models import UsageDaily, UsageRecord
+from .models import BudgetAlert, UsageDaily, UsageRecord
 
 
 @dataclass(frozen=True)
@@ -236,3 +236,38 @@ def spend_overview(limit: int = 5) -> dict:
         "top_projects": top_spenders("project_id", Project.objects.all(), month, limit),
         "top_tokens": top_spenders("token_id", Token.objects.select_related("project"), month, limit),
     }
+
+
+@dataclass(frozen=True)
+class SpendTotals:
+    today: Decimal
+    month: Decimal
+    month_start: datetime.date
+
+
+def spend_totals() -> SpendTotals:
+    """What all requests cost today and this calendar month (UTC days), from the per-day sums."""
+    today = utc_today()
+    month_start = today.replace(day=1)
+    rows = {
+        row["day"]: row["spent"]
+        for row in _daily(since=month_start).values("day").annotate(spent=Sum("cost_usd")).order_by()
+    }
+    return SpendTotals(
+        today=rows.get(today) or Decimal(0),
+        month=sum((spent or Decimal(0) for spent in rows.values()), Decimal(0)),
+        month_start=month_start,
+    )
+
+
+def budget_alerts_recent(
+    *, days: int | None = 7, project: Project | UUID | None = None, limit: int = 5
+) -> list[BudgetAlert]:
+    """The budget alerts of the last `days` days (None: ever), of one project or all, newest first (with their
+    project)."""
+    alerts = BudgetAlert.objects.select_related("project").order_by("-created_at")
+    if days is not None:
+        alerts = alerts.filter(created_at__gte=timezone.now() - datetime.timedelta(days=days))
+    if project is not None:
+        alerts = alerts.filter(project_id=getattr(project, "pk", project))
+    return list(alerts[:limit])

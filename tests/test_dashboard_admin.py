@@ -74,3 +74,46 @@ def test_quick_actions_follow_permissions(client, django_user_model):
     text = client.get(HOME).content.decode()
     assert "New project" not in text and "Generate token" not in text
     assert "app-projects module" in text and "app-tokens module" not in text
+
+
+def test_dashboard_spend_budget_alerts_and_expiring_soon(admin_client, make_project, make_token, operator):
+    from decimal import Decimal
+
+    from projects.services import project_set_limits
+    from proxy.models import BudgetAlert, UsageDaily
+    from proxy.selectors import utc_today
+
+    project = make_project("Budgeted")
+    soon = make_token(project, hours=2, label="ci run").token
+    make_token(project, hours=48)
+    today = utc_today()
+    UsageDaily.objects.create(day=today, project=project, model="gpt-4o", requests=3, cost_usd=Decimal("1.25"))
+    if today.day > 1:  # earlier this month: counts for the month, not for today
+        UsageDaily.objects.create(
+            day=today.replace(day=1), project=project, model="gpt-4o", requests=1, cost_usd=Decimal("2.00")
+        )
+    month = Decimal("3.25") if today.day > 1 else Decimal("1.25")
+    project = project_set_limits(project=project, actor=operator, budget_usd=Decimal("10"), budget_period="month")
+    BudgetAlert.objects.create(
+        project=project,
+        period="month",
+        period_key=1,
+        threshold=80,
+        budget_usd=Decimal("10"),
+        spent_usd=Decimal("8.10"),
+    )
+
+    text = admin_client.get(HOME).content.decode()
+    assert ">$1.25</span>" in stat(text, "spend-today") and "Spend today" in stat(text, "spend-today")
+    assert f">${month}</span>" in stat(text, "spend-month")
+    alerts = text.split('id="budget-alerts"', 1)[1].split("</ul>", 1)[0]
+    assert ">Budgeted</a>" in alerts and "reached 80 % of its month budget: $8.10 of $10.00" in alerts
+    expiring = text.split('id="expiring-soon"', 1)[1].split("</table>", 1)[0]
+    assert f'href="{reverse("admin:tokens_token_change", args=[soon.pk])}"><code>{soon.prefix}…</code>' in expiring
+    assert expiring.count("<code>") == 1 and "in 1\xa0hour<" in expiring
+
+
+def test_dashboard_without_spend_or_alerts(admin_client):
+    text = admin_client.get(HOME).content.decode()
+    assert ">$0.00</span>" in stat(text, "spend-today") and 'id="budget-alerts"' not in text
+    assert "No token expires within 24 hours." in text

@@ -46,9 +46,9 @@ def test_list_shows_columns_token_counts_and_row_actions(admin_client, make_proj
     for _ in range(3):
         make_token(busy)
     text = page(admin_client.get(CHANGELIST))
-    for header in ("Name", "Status", "Created", "Tokens", "Actions"):
+    for header in ("Name", "Status", "Tokens", "Spend", "Created", "Actions"):
         assert f">{header}<" in text or f">{header}</a>" in text
-    assert f'href="{detail_url(busy)}"' in text and ">Busy</a>" in text
+    assert f'href="{detail_url(busy)}"' in text and 'title="Busy">Busy</span></a>' in text
     cl = admin_client.get(CHANGELIST).context["cl"]
     counts = {p.name: p.token_count for p in cl.result_list}
     assert counts == {"Busy": 3, "Idle": 0}
@@ -80,8 +80,8 @@ def test_list_search_filter_sort_and_paginate(admin_client, make_project, make_t
     assert names("?status=inactive") == ["Development team"]
     text = page(admin_client.get(CHANGELIST))
     assert "By status" in text and ">Active</a>" in text and ">Inactive</a>" in text
-    # Column 4 is Tokens: descending puts the project with most tokens first.
-    assert names("?o=-4")[0] == "Many tokens"
+    # Column 3 is Tokens: descending puts the project with most tokens first.
+    assert names("?o=-3")[0] == "Many tokens"
     assert names("?o=1") == sorted(names("?o=1"), key=str.lower)
 
     for i in range(30):
@@ -355,3 +355,25 @@ def test_history_shows_the_audit_entries(admin_client, make_project):
     assert "<strong>Name</strong>: Before → After" in text and "<strong>Active</strong>: True → False" in text
     assert ".None<" not in text and "Token.None" not in text, "reverse relations are not changes"
     assert ">operator<" in text and "10.1.2.3" in text and "127.0.0.1" in text and ">admin<" in text
+
+
+def test_project_page_lists_its_budget_alerts(admin_client, make_project):
+    from decimal import Decimal
+
+    from proxy.models import BudgetAlert
+
+    project, other = make_project("Watched"), make_project("Other")
+    for owner, threshold in ((project, 80), (project, 100), (other, 80)):
+        BudgetAlert.objects.create(
+            project=owner,
+            period="month",
+            period_key=1,
+            threshold=threshold,
+            budget_usd=Decimal("50"),
+            spent_usd=Decimal("40") if threshold == 80 else Decimal("50.20"),
+        )
+    text = page(admin_client.get(detail_url(project)))
+    alerts = text.split('class="budget-alert-list"', 1)[1].split("</ul>", 1)[0]
+    assert alerts.count('class="budget-alert"') == 2
+    assert "100 %</span>" in alerts and "$50.20 of $50.00" in alerts and "$40.00 of $50.00" in alerts
+    assert "budget-alert-list" not in page(admin_client.get(detail_url(make_project("Quiet"))))

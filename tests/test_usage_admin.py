@@ -6,6 +6,7 @@ import io
 import re
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from html import unescape
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,6 +67,7 @@ def scene(make_project, make_token):
             model="gpt-4o",
             request_id="req-alpha-ok",
             counts=TokenCounts(11, 22, 33),
+            cost_usd=Decimal("0.0123"),
             ttfb_ms=45.6,
             streamed=True,
             client_ip="203.0.113.7",
@@ -103,7 +105,13 @@ def scene(make_project, make_token):
 
 def rows(response) -> list[str]:
     """The request IDs of the listed rows, in order."""
-    return re.findall(r'<td class="field-request_id">([^<]*)</td>', response.content.decode())
+    return [record.request_id for record in response.context["cl"].result_list]
+
+
+def row_of(html: str, request_id: str) -> str:
+    """The row of the list that links to this request's page."""
+    url = reverse("admin:proxy_usagerecord_change", args=[UsageRecord.objects.get(request_id=request_id).pk])
+    return html.split(f'href="{url}"', 1)[1].split("</tr>", 1)[0]
 
 
 def test_request_log_shows_every_column(admin_client, scene):
@@ -113,28 +121,35 @@ def test_request_log_shows_every_column(admin_client, scene):
     assert "<h1>Requests</h1>" in html
     assert rows(response) == ["req-alpha-502", "req-alpha-ok", "req-beta-429", "req-beta-aborted", "req-unknown"]
 
-    ok = html.split('class="field-request_id">req-alpha-ok<', 1)[0].rsplit("<tr", 1)[1]
+    # A log: time, coloured status, model, tokens in / out, duration, cost, then who; the rest on the request's page.
+    ok = row_of(html, "req-alpha-ok")
     alpha, alice = scene["alpha"], scene["alice"]
-    assert f'href="{reverse("admin:projects_project_change", args=[alpha.pk])}">Alpha</a>' in ok
+    assert re.search(r'<time datetime="[^"]+" title="[^"]+ UTC">\d{1,2} \w{3}( \d{4})? \d\d:\d\d:\d\d</time>', ok)
+    assert f'href="{reverse("admin:projects_project_change", args=[alpha.pk])}">' in ok and 'title="Alpha">Alpha<' in ok
     assert (
-        f'href="{reverse("admin:tokens_token_change", args=[alice.pk])}"><code>{alice.prefix}…</code> alice</a>' in ok
+        f'href="{reverse("admin:tokens_token_change", args=[alice.pk])}" title="alice"><code>{alice.prefix}…</code>'
+        in ok
     )
-    assert '<td class="field-method">POST</td>' in ok and "/v1/chat/completions" in ok
-    assert '<td class="field-model">gpt-4o</td>' in ok
+    assert 'title="gpt-4o">gpt-4o</span>' in ok
     assert '<span class="badge badge-success status-2xx">200</span>' in ok
-    assert 'class="field-streamed"><img src="/static/admin/img/icon-yes.svg" alt="True">' in ok
     assert '<td class="field-tokens_in_out">11 / 22</td>' in ok
-    assert '<td class="field-duration">120</td>' in ok and '<td class="field-ttfb">46</td>' in ok
-    assert '<td class="field-client_ip">203.0.113.7</td>' in ok
+    assert '<td class="field-duration">120 ms</td>' in ok
+    assert '<td class="field-cost">$0.01</td>' in ok
+    for moved in ("field-client_ip", "field-request_id", "field-ttfb", "field-method", "field-streamed"):
+        assert moved not in html
 
     assert '<span class="badge badge-danger status-5xx">502</span>' in html
-    refused = html.split('class="field-request_id">req-beta-429<', 1)[1].split("</tr>", 1)[0]
-    assert '<td class="field-outcome">limit_reached</td>' in refused
+    assert 'title="limit_reached">limit_reached</span>' in row_of(html, "req-beta-429")
     assert '<span class="badge badge-warning status-4xx">429</span>' in html
-    unknown = html.split('class="field-request_id">req-unknown<', 1)[0].rsplit("<tr", 1)[1]
+    unknown = row_of(html, "req-unknown")
     assert "<code>sk-wt-Zz9Yy8…</code>" in unknown and "tokens/token/" not in unknown
-    aborted = html.split('class="field-request_id">req-beta-aborted<', 1)[1].split("</tr>", 1)[0]
-    assert '<td class="field-outcome">client aborted</td>' in aborted
+    assert 'title="client aborted">client aborted</span>' in row_of(html, "req-beta-aborted")
+
+    # The request's page has every field.
+    url = reverse("admin:proxy_usagerecord_change", args=[UsageRecord.objects.get(request_id="req-alpha-ok").pk])
+    detail = admin_client.get(url).content.decode()
+    for value in ("req-alpha-ok", "203.0.113.7", "/v1/chat/completions", "POST"):
+        assert value in detail
     assert "Requests 1–5<" in html
 
 
@@ -287,6 +302,7 @@ def test_export_streams_the_filtered_rows(admin_client, scene):
     assert (ok["prompt_tokens"], ok["completion_tokens"], ok["total_tokens"]) == ("11", "22", "33")
     assert ok["token_label"] == "alice" and ok["token_prefix"] == alice.prefix and ok["streamed"] == "True"
     assert ok["client_ip"] == "203.0.113.7" and ok["ttfb_ms"] == "45.6"
+    assert Decimal(ok["cost_usd"]) == Decimal("0.0123")
 
     _, records = export(admin_client, f"o=0&project__id__exact={scene['alpha'].pk}")  # oldest first, as listed
     assert [r["request_id"] for r in records] == ["req-alpha-ok", "req-alpha-502"]
@@ -389,18 +405,18 @@ def test_dashboard_chart_and_busiest(admin_client, scene, make_project, make_tok
     gamma = make_project("Gamma")
     carol = make_token(gamma, label="carol").token
     write(*[record(project=gamma, token=carol, status=500 if i < 2 else 200) for i in range(4)])
-    with django_assert_max_num_queries(20):
+    with django_assert_max_num_queries(24):  # a fixed number: counts, spend, alerts, chart, lists, activity
         html = admin_client.get(reverse("admin:index")).content.decode()
     usage = html.split('<div class="module usage-dashboard" id="usage">', 1)[1]
     assert "<svg" in usage and "across all projects, last 14 days" in usage
     assert "8 requests, 4 errors in 14 days" in usage  # the 40- and 10-day-old requests are out of the window
     projects = usage.split('id="busiest-projects"', 1)[1].split("</table>", 1)[0]
-    busiest = re.findall(r'">([^<]+)</a></td><td>(\d+)</td><td>(\d+)</td>', projects)
+    busiest = re.findall(r'">([^<]+)</a></span></td><td class="num">(\d+)</td><td class="num">(\d+)</td>', projects)
     assert busiest[0] == ("Gamma", "4", "2") and sorted(busiest[1:]) == [("Alpha", "2", "1"), ("Beta", "2", "1")]
     assert f'href="{reverse("admin:projects_project_change", args=[gamma.pk])}"' in projects
     tokens = usage.split('id="busiest-tokens"', 1)[1].split("</table>", 1)[0]
     assert (
-        f'href="{reverse("admin:tokens_token_change", args=[carol.pk])}"><code>{carol.prefix}…</code></a> carol'
+        f'<td title="carol"><a href="{reverse("admin:tokens_token_change", args=[carol.pk])}"><code>{carol.prefix}…'
         in tokens
     )
     assert tokens.index(carol.prefix) < tokens.index(scene["alice"].prefix)

@@ -62,6 +62,17 @@ def token_counts() -> dict[str, int]:
     }
 
 
+def tokens_expiring_soon(*, hours: int = 24, limit: int = 6) -> list[Token]:
+    """The usable tokens that expire within `hours`, soonest first (with their project)."""
+    now = timezone.now()
+    return list(
+        Token.objects.usable(now)
+        .filter(expires_at__lte=now + timedelta(hours=hours))
+        .select_related("project")
+        .order_by("expires_at")[:limit]
+    )
+
+
 def project_token_summary(project) -> dict:
     tokens = Token.objects.filter(project=project)
     return {

@@ -6,9 +6,11 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.text import Truncator
+from django.utils.safestring import SafeString
+from django.utils.text import capfirst
 
-from llmproxy.templatetags.audit import audit_actor, audit_changes, audit_via
+from llmproxy.admin_toolkit import compact_time, truncated
+from llmproxy.templatetags.audit import audit_actor, audit_changes, audit_object_url, audit_via
 
 from .selectors import audit_actor_choices, audit_entries_by_actor
 
@@ -37,7 +39,7 @@ admin.site.unregister(LogEntry)
 
 @admin.register(LogEntry)
 class AuditLogEntryAdmin(LogEntryAdmin):
-    list_display = ["created", "resource_url", "action", "msg_short", "actor_display", "remote_addr", "via"]
+    list_display = ["created_cell", "action", "resource_link", "msg_short", "actor_display", "remote_addr", "via"]
     list_filter = ["action", ActorFilter, ("content_type", ObjectTypeFilter), ("timestamp", admin.DateFieldListFilter)]
     search_fields = ["object_repr", "=object_pk", "actor_email", f"actor__{get_user_model().USERNAME_FIELD}"]
     readonly_fields = ["created", "resource_url", "action", "actor_display", "remote_addr", "via", "msg"]
@@ -53,9 +55,21 @@ class AuditLogEntryAdmin(LogEntryAdmin):
     def created(self, entry: LogEntry) -> str:
         return formats.localize(timezone.template_localtime(entry.timestamp))
 
+    @admin.display(description="Time", ordering="timestamp")
+    def created_cell(self, entry: LogEntry) -> SafeString:
+        return compact_time(entry.timestamp)
+
+    @admin.display(description="Object")
+    def resource_link(self, entry: LogEntry) -> SafeString:
+        """The changed object (its type, then its name cut to the column), linked to its page when it has one."""
+        name = format_html("{}: {}", capfirst(entry.content_type.name), truncated(entry.object_repr))
+        url = audit_object_url(entry)
+        return format_html('<a href="{}">{}</a>', url, name) if url else name
+
     @admin.display(description="Changed fields")
-    def msg_short(self, entry: LogEntry) -> str:
-        return Truncator(", ".join(str(field) for field, _, _ in audit_changes(entry))).chars(80)
+    def msg_short(self, entry: LogEntry) -> SafeString | str:
+        fields = ", ".join(str(field) for field, _, _ in audit_changes(entry))
+        return truncated(fields) if fields else ""
 
     @admin.display(description="Changes (before → after)")
     def msg(self, entry: LogEntry) -> str:

@@ -10,7 +10,9 @@ from django.conf import settings
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils.safestring import SafeString
 
+from llmproxy.admin_toolkit import compact_time, truncated
 from llmproxy.audit import Actor
 from llmproxy.audit.history import AuditHistoryMixin
 from llmproxy.errors import ServiceError
@@ -75,7 +77,7 @@ class ModelPriceForm(forms.ModelForm):
 @admin.register(ModelPrice)
 class ModelPriceAdmin(AuditHistoryMixin, admin.ModelAdmin):
     form = ModelPriceForm
-    list_display = ["model", "input", "cached_input", "output", "source", "updated_at"]
+    list_display = ["model", "input", "cached_input", "output", "source_cell", "updated"]
     search_fields = ["model", "source"]
     ordering = ["model"]
     list_per_page = 100
@@ -93,11 +95,23 @@ class ModelPriceAdmin(AuditHistoryMixin, admin.ModelAdmin):
     def output(self, price: ModelPrice) -> str:
         return usd(price.output_per_million)
 
+    @admin.display(description="Source", ordering="source")
+    def source_cell(self, price: ModelPrice) -> SafeString:
+        return truncated(price.source, "wide")
+
+    @admin.display(description="Updated", ordering="updated_at")
+    def updated(self, price: ModelPrice) -> SafeString:
+        return compact_time(price.updated_at)
+
     def get_readonly_fields(self, request: HttpRequest, obj: ModelPrice | None = None) -> list[str]:
         return ["model"] if obj is not None else []  # another model is another entry: add it, delete this one
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-        context = {"price_cache_seconds": f"{settings.PRICE_CACHE_SECONDS:g}", **(extra_context or {})}
+        context = {
+            "title": "Model prices",
+            "price_cache_seconds": f"{settings.PRICE_CACHE_SECONDS:g}",
+            **(extra_context or {}),
+        }
         return super().changelist_view(request, context)
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: ModelPriceForm, change: bool) -> None:

@@ -18,7 +18,16 @@ from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from llmproxy.admin_toolkit import InputFilter, LookaheadPaginator, ReadOnlyMixin, csv_response
+from llmproxy.admin_toolkit import (
+    FULL_TIME_FORMAT,
+    InputFilter,
+    LookaheadPaginator,
+    ReadOnlyMixin,
+    compact_time,
+    csv_response,
+    truncated,
+)
+from projects.limits import usd
 from tokens.models import Token
 from tokens.selectors import token_search_filter
 
@@ -158,6 +167,8 @@ CSV_COLUMNS = [
     ("prompt_tokens", "prompt_tokens"),
     ("completion_tokens", "completion_tokens"),
     ("total_tokens", "total_tokens"),
+    ("cached_tokens", "cached_tokens"),
+    ("cost_usd", "cost_usd"),
     ("duration_ms", "duration_ms"),
     ("ttfb_ms", "ttfb_ms"),
     ("upstream_ms", "upstream_ms"),
@@ -166,6 +177,10 @@ CSV_COLUMNS = [
     ("client_aborted", "client_aborted"),
     ("upstream_aborted", "upstream_aborted"),
 ]
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f} ms"
 
 
 def _rows_in_chunks(records: QuerySet[UsageRecord], fields: list[str], chunk_size: int) -> Iterator[list[tuple]]:
@@ -202,23 +217,46 @@ def csv_rows(records: QuerySet[UsageRecord], chunk_size: int = 2000) -> Iterator
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    # Read like a log: time, status, model, tokens, duration and cost first; the method and path, whether it was
+    # streamed, the time to first byte, the client address and the request ID are on each request's page.
     list_display = [
         "when",
-        "project_link",
-        "token_link",
-        "method",
-        "path",
-        "model",
         "coloured_status",
-        "streamed",
+        "model_cell",
         "tokens_in_out",
         "duration",
-        "ttfb",
-        "client_ip",
-        "request_id",
+        "cost",
+        "project_link",
+        "token_link",
         "outcome",
     ]
     list_display_links = ["when"]
+    # The request's page: every field, grouped, in the units people read.
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "full_time",
+                    "coloured_status",
+                    "refusal_code",
+                    "method",
+                    "path",
+                    "model",
+                    "streamed",
+                    "client_aborted",
+                    "upstream_aborted",
+                ]
+            },
+        ),
+        ("Who", {"fields": ["project", "token", "token_prefix", "client_ip", "request_id"]}),
+        (
+            "Tokens and cost",
+            {"fields": ["prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost_exact"]},
+        ),
+        ("Timing", {"fields": ["duration_exact", "ttfb_exact", "upstream_exact"]}),
+    ]
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
     list_filter = [
         TimeRangeFilter,
         "project",
@@ -274,25 +312,29 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
         if record.project is None:
             return str(record.project_id or "—")
         url = reverse("admin:projects_project_change", args=[record.project_id])
-        return format_html('<a href="{}">{}</a>', url, record.project.name)
+        return format_html('<a href="{}">{}</a>', url, truncated(record.project.name, "narrow"))
 
     @admin.display(description="Token")
     def token_link(self, record: UsageRecord) -> SafeString | str:
+        """The display prefix; the token's label in the tooltip."""
         if record.token is None:
             return format_html("<code>{}…</code>", record.token_prefix) if record.token_prefix else "—"
         url = reverse("admin:tokens_token_change", args=[record.token_id])
-        label = format_html(" {}", record.token.label) if record.token.label else ""
-        return format_html('<a href="{}"><code>{}…</code>{}</a>', url, record.token.prefix, label)
+        return format_html('<a href="{}" title="{}"><code>{}…</code></a>', url, record.token.label, record.token.prefix)
 
     @admin.display(description="Time", ordering="time")
-    def when(self, record: UsageRecord) -> str:
-        return formats.date_format(timezone.localtime(record.time), "Y-m-d H:i:s")
+    def when(self, record: UsageRecord) -> SafeString:
+        return compact_time(record.time, seconds=True)  # requests come many a minute
 
     @admin.display(description="Status")
     def coloured_status(self, record: UsageRecord) -> SafeString:
         return status_badge(record)
 
-    @admin.display(description="Tokens in / out")
+    @admin.display(description="Model")
+    def model_cell(self, record: UsageRecord) -> SafeString | str:
+        return truncated(record.model, "narrow") if record.model else "—"
+
+    @admin.display(description="In / out")
     def tokens_in_out(self, record: UsageRecord) -> str:
         if record.prompt_tokens is None and record.completion_tokens is None:
             return "—"
@@ -300,22 +342,45 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
             f"{record.completion_tokens if record.completion_tokens is not None else '—'}"
         )
 
-    @admin.display(description="Duration ms")
+    @admin.display(description="Duration")
     def duration(self, record: UsageRecord) -> str:
-        return f"{record.duration_ms:.0f}"
+        """Milliseconds, or seconds from 10 s (streams run long)."""
+        ms = record.duration_ms
+        return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
-    @admin.display(description="TTFB ms")
-    def ttfb(self, record: UsageRecord) -> str:
-        return "—" if record.ttfb_ms is None else f"{record.ttfb_ms:.0f}"
+    @admin.display(description="Cost")
+    def cost(self, record: UsageRecord) -> str:
+        return "—" if record.cost_usd is None else usd(record.cost_usd)
 
-    @admin.display(description="Refusal / aborted")
-    def outcome(self, record: UsageRecord) -> str:
+    @admin.display(description="Refusal")
+    def outcome(self, record: UsageRecord) -> SafeString | str:
         parts = [record.refusal_code] if record.refusal_code else []
         if record.client_aborted:
             parts.append("client aborted")
         if record.upstream_aborted:
             parts.append("upstream broke off")
-        return ", ".join(parts) or "—"
+        return truncated(", ".join(parts), "narrow") if parts else ""
+
+    @admin.display(description="Time")
+    def full_time(self, record: UsageRecord) -> str:
+        return formats.date_format(timezone.localtime(record.time), FULL_TIME_FORMAT)
+
+    @admin.display(description="Cost")
+    def cost_exact(self, record: UsageRecord) -> str:
+        """Exact, as kept (to 12 decimal places); a dash when the model had no price."""
+        return "— (the model had no price)" if record.cost_usd is None else f"${record.cost_usd.normalize():f}"
+
+    @admin.display(description="Duration")
+    def duration_exact(self, record: UsageRecord) -> str:
+        return _ms(record.duration_ms)
+
+    @admin.display(description="Time to first byte")
+    def ttfb_exact(self, record: UsageRecord) -> str:
+        return _ms(record.ttfb_ms)
+
+    @admin.display(description="Upstream time")
+    def upstream_exact(self, record: UsageRecord) -> str:
+        return _ms(record.upstream_ms)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None

@@ -56,6 +56,7 @@ def usage_panel(context, *, project: Project | None = None, token: Token | None 
 
 WIDTH, HEIGHT = 720, 200
 LEFT, RIGHT, TOP, BOTTOM = 52, 8, 14, 30  # room for the value axis on the left and the dates below
+DATE_LABEL_SPACE = 56  # the least room a date under the bars takes, so labels never overlap
 
 
 class Day(Protocol):
@@ -98,7 +99,9 @@ def _day(day: date) -> str:
 
 
 @register.inclusion_tag("admin/includes/usage_chart.html")
-def usage_chart(series: Sequence[Day], title: str = "Requests and errors per day") -> dict:
+def usage_chart(series: Sequence[Day], title: str = "Requests and errors per day", width: int = WIDTH) -> dict:
+    """`width`: of the drawing, in the units of its text; a wider one, shown as wide, keeps its labels as readable
+    and dates every day or every few days, as many as fit."""
     days = list(series)
     total_requests = sum(d.requests for d in days)
     total_errors = sum(d.errors for d in days)
@@ -107,7 +110,7 @@ def usage_chart(series: Sequence[Day], title: str = "Requests and errors per day
         return {**context, "empty": True}
 
     top = nice_ceiling(max(max(d.requests, d.errors) for d in days))
-    plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    plot_width, plot_height = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     baseline = TOP + plot_height
     slot = plot_width / len(days)
     bar_width = max(slot * 0.7, 1.0)
@@ -131,27 +134,25 @@ def usage_chart(series: Sequence[Day], title: str = "Requests and errors per day
                 errors_height=_n(errors_height) if day.errors else "",
             )
         )
-    # Dates under the first, middle and last day.
-    positions = sorted({0, len(days) // 2, len(days) - 1})
-    anchors = {0: "start", len(days) - 1: "end"}
+    # Dates under every day, or every few days counted back from the last (today), as many as fit.
+    step = max(1, -(-len(days) * DATE_LABEL_SPACE // plot_width))
     date_labels = [
-        {
-            "x": _n(LEFT + index * slot + (0 if index == 0 else slot if index == len(days) - 1 else slot / 2)),
-            "text": _day(days[index].day),
-            "anchor": anchors.get(index, "middle"),
-        }
-        for index in positions
+        {"x": _n(LEFT + index * slot + slot / 2), "text": _day(days[index].day)}
+        for index in range(len(days) - 1, -1, -step)
     ]
     busiest = max(days, key=lambda d: d.requests)
     return {
         **context,
         "empty": False,
         "id": f"chart-{uuid.uuid4().hex[:8]}",
-        "width": WIDTH,
+        "width": width,
+        "max_width": width * 4 // 3,  # text no larger than 4/3 of its size
         "height": HEIGHT,
         "top": top,
+        "half": top // 2 if top % 2 == 0 else None,
+        "half_y": _n(TOP + plot_height / 2),
         "left": LEFT,
-        "right": WIDTH - RIGHT,
+        "right": width - RIGHT,
         "top_y": TOP,
         "baseline": baseline,
         "plot_height": plot_height,

@@ -7,8 +7,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
-from llmproxy.admin_toolkit import NeverDeletedMixin, OperatorPagesMixin, add_service_error
+from llmproxy.admin_toolkit import NeverDeletedMixin, OperatorPagesMixin, add_service_error, compact_time, truncated
 from llmproxy.audit import Actor
 from llmproxy.errors import ServiceError
 from projects.models import Project
@@ -39,7 +40,8 @@ class StatusFilter(admin.SimpleListFilter):
 
 @admin.register(MintingKey)
 class MintingKeyAdmin(NeverDeletedMixin, OperatorPagesMixin, admin.ModelAdmin):
-    list_display = ["name", "project", "key_prefix", "created_at", "created_by_display", "last_used_at", "status"]
+    # Who created a key is on its page.
+    list_display = ["key_name", "status", "project_link", "key_prefix", "last_used", "created"]
     list_filter = ["project", StatusFilter]
     list_select_related = ["project", "created_by"]
     search_fields = ["name", "prefix", "project__name"]
@@ -58,6 +60,23 @@ class MintingKeyAdmin(NeverDeletedMixin, OperatorPagesMixin, admin.ModelAdmin):
     readonly_fields = fields
     not_deletable_message = "Minting keys are never deleted; revoke them instead."
 
+    @admin.display(description="name", ordering="name")
+    def key_name(self, obj: MintingKey) -> SafeString:
+        return truncated(obj.name, "wide")
+
+    @admin.display(description="project", ordering="project__name")
+    def project_link(self, obj: MintingKey) -> SafeString:
+        url = reverse("admin:projects_project_change", args=[obj.project_id])
+        return format_html('<a href="{}">{}</a>', url, truncated(obj.project.name))
+
+    @admin.display(description="last used", ordering="last_used_at")
+    def last_used(self, obj: MintingKey) -> SafeString | str:
+        return compact_time(obj.last_used_at, empty="Never")
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: MintingKey) -> SafeString:
+        return compact_time(obj.created_at)
+
     @admin.display(description="key")
     def key_prefix(self, obj: MintingKey) -> str:
         return f"{obj.prefix}…"
@@ -71,8 +90,10 @@ class MintingKeyAdmin(NeverDeletedMixin, OperatorPagesMixin, admin.ModelAdmin):
         return obj.revoked_by_display
 
     @admin.display(description="status", ordering="revoked_at")
-    def status(self, obj: MintingKey) -> str:
-        return obj.status_label
+    def status(self, obj: MintingKey) -> SafeString:
+        return format_html(
+            '<span class="badge {}">{}</span>', "badge-muted" if obj.is_revoked else "badge-success", obj.status_label
+        )
 
     @admin.display(description="revoke")
     def revoke_link(self, obj: MintingKey) -> str:
@@ -80,6 +101,9 @@ class MintingKeyAdmin(NeverDeletedMixin, OperatorPagesMixin, admin.ModelAdmin):
             return "Already revoked."
         url = reverse("admin:tokens_mintingkey_revoke", args=[obj.pk])
         return format_html('<a class="deletelink" href="{}">Revoke this key…</a>', url)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Minting keys", **(extra_context or {})})
 
     def has_change_permission(self, request: HttpRequest, obj: MintingKey | None = None) -> bool:
         return False  # nothing to edit: a key is created, used and revoked

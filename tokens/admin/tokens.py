@@ -4,7 +4,7 @@ Thin by design: forms parse, `tokens.services` decide and audit (with the operat
 Tokens are never edited field by field and never deleted.
 """
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -16,7 +16,14 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from llmproxy.admin_toolkit import DetailPageMixin, NeverDeletedMixin, add_service_error, csv_response
+from llmproxy.admin_toolkit import (
+    DetailPageMixin,
+    NeverDeletedMixin,
+    add_service_error,
+    compact_time,
+    csv_response,
+    truncated,
+)
 from llmproxy.audit import Actor
 from llmproxy.audit.history import AuditHistoryMixin
 from llmproxy.errors import ServiceError
@@ -87,21 +94,21 @@ CSV_COLUMNS = [
 
 @admin.register(Token)
 class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.ModelAdmin):
+    # What an operator scans first (status, use, spend) near the left; the creation time is on the token's page.
     list_display = (
         "short_id",
-        "project_link",
-        "label",
         "status",
-        "created",
-        "expires",
         "requests",
         "spend",
+        "project_link",
+        "label_cell",
+        "expires",
         "last_used",
         "row_actions",
     )
     list_display_links = ("short_id",)
     list_filter = ("project", TokenStatusFilter)
-    sortable_by = ("created", "expires", "requests", "spend")
+    sortable_by = ("expires", "requests", "spend")
     # The box is shown because search_fields is set; what it matches is decided by token_search_filter.
     search_fields = ("id",)
     search_help_text = "Search by ID (whole or first characters), display prefix (sk-wt-…), a whole token, or label."
@@ -136,21 +143,20 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
 
     @admin.display(description="Project")
     def project_link(self, obj: Token) -> SafeString:
-        return format_html(
-            '<a href="{}">{}</a>', reverse("admin:projects_project_change", args=[obj.project_id]), obj.project.name
-        )
+        url = reverse("admin:projects_project_change", args=[obj.project_id])
+        return format_html('<a href="{}">{}</a>', url, truncated(obj.project.name))
+
+    @admin.display(description="Label", empty_value="")
+    def label_cell(self, obj: Token) -> SafeString | str:
+        return truncated(obj.label, "narrow") if obj.label else ""
 
     @admin.display(description="Status")
     def status(self, obj: Token) -> SafeString:
         return status_badge(obj)
 
-    @admin.display(description="Created", ordering="created_at")
-    def created(self, obj: Token) -> datetime:
-        return obj.created_at
-
     @admin.display(description="Expires", ordering="expires_at")
-    def expires(self, obj: Token) -> datetime:
-        return obj.expires_at
+    def expires(self, obj: Token) -> SafeString:
+        return compact_time(obj.expires_at)
 
     @admin.display(description="Requests", ordering="request_count")
     def requests(self, obj: Token) -> str:
@@ -160,9 +166,9 @@ class TokenAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.Mo
     def spend(self, obj: Token) -> str:
         return usd(obj.spent_usd) if obj.budget_usd is None else f"{usd(obj.spent_usd)} / {usd(obj.budget_usd)}"
 
-    @admin.display(description="Last used", empty_value="Never")
-    def last_used(self, obj: Token) -> datetime | None:
-        return obj.last_used_at
+    @admin.display(description="Last used")
+    def last_used(self, obj: Token) -> SafeString | str:
+        return compact_time(obj.last_used_at, empty="Never")
 
     @admin.display(description="Actions")
     def row_actions(self, obj: Token) -> SafeString:
