@@ -2,7 +2,7 @@
 
 It starts the mock upstream (tests/mock_upstream.py, its own process) and the server as in production (gunicorn with
 uvicorn workers, gunicorn.conf.py, DEBUG off) on a fresh database: PostgreSQL when DATABASE_URL names one (a
-separate `<name>_bench` database on that server, created and dropped here), else a new SQLite file under data/.
+separate `<name>_bench_<pid>` database on that server, created and dropped here), else a new SQLite file under data/.
 It seeds the projects and tokens each part needs, then prints, as ratios against the mock called directly:
 
 - added latency at concurrency 1 (p50, p99), non-streamed chat completions;
@@ -239,7 +239,7 @@ def database(bench_id: str) -> tuple[str, callable]:
         import psycopg
 
         parts = urlsplit(url)
-        name = f"{parts.path.lstrip('/') or 'llmproxy'}_bench"
+        name = f"{parts.path.lstrip('/') or 'llmproxy'}_bench_{bench_id}"  # two runs at once never share one
         admin = parts._replace(path="/postgres").geturl().replace("postgres://", "postgresql://", 1)
 
         def run(sql: str) -> None:
