@@ -222,6 +222,28 @@ class RssSampler(threading.Thread):
             time.sleep(0.1)
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server's workers so far (from /proc): what a run cost the server, much less
+    sensitive than throughput to what else the machine runs."""
+    total = 0
+    for child in child_pids(pid):
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput_and_cpu(target: Target, server_pid: int, seconds: float) -> tuple[float, float]:
+    """Throughput at c=32 and the server's CPU milliseconds per request during it."""
+    before = server_cpu_seconds(server_pid)
+    started = time.perf_counter()
+    rps, _ = await throughput(target, 32, seconds)
+    done = rps * (time.perf_counter() - started)
+    return rps, (server_cpu_seconds(server_pid) - before) * 1000 / max(done, 1)
+
+
 def _rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -349,31 +371,38 @@ async def measure(direct: Target, proxied: Target, limited: Target, ruled: Targe
 
 async def measure_limits(proxied: Target, limited: Target, args) -> dict:
     """Throughput at c=32 of a token with every limit (and a project with a monthly budget) against an unlimited
-    one, interleaved, three runs each: what counting and charging cost."""
+    one, interleaved, three runs each, with the server's CPU per request: what counting and charging cost."""
     await latency(limited, 50, 50)
     free, counted = [], []
     for _ in range(3):
-        free.append((await throughput(proxied, 32, args.seconds))[0])
-        counted.append((await throughput(limited, 32, args.seconds))[0])
-    return {"unlimited": statistics.median(free), "limited": statistics.median(counted)}
+        free.append(await throughput_and_cpu(proxied, args.server_pid, args.seconds))
+        counted.append(await throughput_and_cpu(limited, args.server_pid, args.seconds))
+    return {
+        "unlimited": statistics.median(r for r, _ in free),
+        "limited": statistics.median(r for r, _ in counted),
+        "unlimited_cpu": statistics.median(c for _, c in free),
+        "limited_cpu": statistics.median(c for _, c in counted),
+    }
 
 
 async def measure_policy(proxied: Target, ruled: Target, args) -> dict:
-    """Latency p50 at c=1 and throughput at c=32 of a token under a project policy (the request sent by an allowed
-    origin from an allowed address, naming an alias) against a token with none, interleaved, three runs each: what
-    the policy's checks and the body's rewrite cost."""
+    """Latency p50 at c=1, throughput at c=32 and the server's CPU per request of a token under a project policy
+    (the request sent by an allowed origin from an allowed address, naming an alias) against a token with none,
+    interleaved, three runs each: what the policy's checks and the body's rewrite cost."""
     await latency(ruled, 50, 50)
-    free, ruled_rps, free_p50, ruled_p50 = [], [], [], []
+    free, ruled_runs, free_p50, ruled_p50 = [], [], [], []
     for _ in range(3):
         free_p50.append(statistics.median(await latency(proxied, args.requests // 4, 20)))
         ruled_p50.append(statistics.median(await latency(ruled, args.requests // 4, 20)))
-        free.append((await throughput(proxied, 32, args.seconds))[0])
-        ruled_rps.append((await throughput(ruled, 32, args.seconds))[0])
+        free.append(await throughput_and_cpu(proxied, args.server_pid, args.seconds))
+        ruled_runs.append(await throughput_and_cpu(ruled, args.server_pid, args.seconds))
     return {
         "free_p50": statistics.median(free_p50),
         "ruled_p50": statistics.median(ruled_p50),
-        "free": statistics.median(free),
-        "ruled": statistics.median(ruled_rps),
+        "free": statistics.median(r for r, _ in free),
+        "ruled": statistics.median(r for r, _ in ruled_runs),
+        "free_cpu": statistics.median(c for _, c in free),
+        "ruled_cpu": statistics.median(c for _, c in ruled_runs),
     }
 
 
@@ -442,7 +471,8 @@ def report(figures: dict, engine: str, workers: int, rss_kib: int) -> None:
         ratio = lim["limited"] / lim["unlimited"]
         print(
             f"  limits c=32  unlimited token {lim['unlimited']:.0f} req/s, token and project with every limit "
-            f"{lim['limited']:.0f} req/s = {ratio:.1%}   "
+            f"{lim['limited']:.0f} req/s = {ratio:.1%}; server CPU per request {lim['unlimited_cpu']:.2f} → "
+            f"{lim['limited_cpu']:.2f} ms   "
             f"[target >= {TARGETS['limits_ratio']:.0%}: {verdict(ratio >= TARGETS['limits_ratio'])}]"
         )
     if pol := figures.get("policy"):
@@ -450,7 +480,8 @@ def report(figures: dict, engine: str, workers: int, rss_kib: int) -> None:
         print(
             f"  policy  p50 c=1 {pol['free_p50']:.2f} ms without, {pol['ruled_p50']:.2f} ms with "
             f"(+{pol['ruled_p50'] - pol['free_p50']:.2f} ms); c=32 {pol['free']:.0f} req/s without, "
-            f"{pol['ruled']:.0f} req/s with = {ratio:.1%}   "
+            f"{pol['ruled']:.0f} req/s with = {ratio:.1%}; server CPU per request {pol['free_cpu']:.2f} → "
+            f"{pol['ruled_cpu']:.2f} ms   "
             f"[target >= {TARGETS['policy_ratio']:.0%}: {verdict(ratio >= TARGETS['policy_ratio'])}]"
         )
     print(f"  server peak RSS  {rss_kib / 1024:.0f} MiB (gunicorn master + {workers} workers)")
@@ -519,6 +550,7 @@ def main() -> None:
         wait_for_port(server_port, server, "the server")
         time.sleep(1.5)  # let every worker finish booting
         print(f"server pid {server.pid}, workers {' '.join(map(str, child_pids(server.pid)))}", flush=True)
+        args.server_pid = server.pid
         sampler = RssSampler(server.pid)
         sampler.start()
 
