@@ -3,6 +3,7 @@ pass the response on as it comes.
 
 The order is cheapest first: the path, the allow-list and the token's shape need no database; admission is one
 statement (plus one more only to explain a refusal) that also returns the project's upstream and the policy lists;
+a project with the response cache on looks the request up next (proxy.cache), and a hit is answered from there; else
 the database is not touched again until the usage record, which a background thread writes after the last byte (a
 request refused after admission, by the policy or the upstream, first gives its count back).
 """
@@ -26,7 +27,21 @@ from projects.policy import UNRESTRICTED, RequestPolicy
 from projects.upstreams import auth_header
 from tokens import secret
 
-from . import admission, cors, endpoints, errors, headers, model_list, payload, prices, settlement, upstream
+from . import (
+    admission,
+    cache,
+    cache_store,
+    cors,
+    endpoints,
+    errors,
+    headers,
+    model_list,
+    payload,
+    prices,
+    replay,
+    settlement,
+    upstream,
+)
 from .counting import StreamUsage
 from .exchange import Exchange, read_headers, token_prefix
 from .relay import SETTLE_ERRORS, Relay, Settlement
@@ -175,6 +190,11 @@ async def _forward(
             lists_models = api_path == "/models"
         if named and (sent.model_too_long or not policy.allows_model(named)):
             return await _give_back_and_refuse(exchange, admitted, errors.model_not_allowed(named))
+    plan = None
+    if admitted.cache_mode != "off":
+        plan, hit = await _from_cache(request, exchange, admitted, api_path, sent, read, lists_models)
+        if hit is not None:
+            return hit
     price = None
     if allowance.charges_before_end:
         price = (await prices.price_table()).lookup(sent.model)
@@ -214,7 +234,22 @@ async def _forward(
     if is_event_stream:
         stream_usage = StreamUsage(strip=strip, hold=settle is not None and not give_back)
     rewrite = model_list.rewriter(policy) if lists_models and response.status_code == 200 else None
-    relay = Relay(exchange, response, sent_at=sent_at, stream_usage=stream_usage, settle=settle, rewrite=rewrite)
+    keeping = None
+    if plan is not None:
+        if cache.storable(response.status_code, response.headers, response.headers.get("content-length")):
+            keeping = cache.Keeping(plan, response.headers.get("content-type", ""), is_event_stream)
+            exchange.cache = cache.Result.STORED
+        else:
+            exchange.cache = cache.Result.MISS if plan.read else cache.Result.BYPASS
+    relay = Relay(
+        exchange,
+        response,
+        sent_at=sent_at,
+        stream_usage=stream_usage,
+        settle=settle,
+        rewrite=rewrite,
+        keeping=keeping,
+    )
     relay.watch(asyncio.current_task())
     client_response = StreamingHttpResponse(relay.body(), status=response.status_code)
     del client_response["Content-Type"]  # only what the upstream sent
@@ -224,7 +259,50 @@ async def _forward(
     )
     for name, value in (upstream_headers | own_limits | exchange.headers()).items():
         client_response[name] = value
+    if exchange.cache:
+        client_response["X-Cache"] = exchange.cache
     client_response["Server-Timing"] = (
         f"proxy;dur={(sent_at - exchange.started) * 1000:.2f}, upstream;dur={(headers_at - sent_at) * 1000:.2f}"
     )
     return client_response
+
+
+async def _from_cache(
+    request: HttpRequest,
+    exchange: Exchange,
+    admitted: admission.Admission,
+    api_path: str,
+    sent: payload.Payload,
+    read: dict[bytes, str],
+    lists_models: bool,
+) -> tuple[cache.Plan | None, HttpResponse | None]:
+    """For a project with the response cache on: the answer from the cache (a hit), or the plan for the answer from
+    upstream (None when it is not to be kept: `X-Cache: BYPASS`)."""
+    plan = cache.plan(
+        mode=admitted.cache_mode,
+        default_ttl=admitted.cache_ttl,
+        project_id=admitted.project_id,
+        method=exchange.method,
+        api_path=api_path,
+        query=request.META.get("QUERY_STRING", ""),
+        body=request.body,
+        model=sent.model,
+        cache_control=read.get(b"cache-control", ""),
+    )
+    if plan.key is None or not cache_store.available():
+        exchange.cache = cache.Result.BYPASS
+        return None, None
+    if not plan.read:
+        return plan, None
+    try:
+        entry = await cache_store.take(plan.key, admitted.token_id)
+    except cache_store.Unavailable:
+        exchange.cache = cache.Result.BYPASS
+        return None, None
+    except SETTLE_ERRORS as exc:
+        logger.warning("could not read the response cache for request %s (%s)", exchange.request_id, type(exc).__name__)
+        return plan, None
+    if entry is None:
+        return plan, None
+    rewrite = model_list.rewriter(admitted.policy) if lists_models else None
+    return plan, replay.response(exchange, entry, admitted.allowance, strip=sent.usage_injected, rewrite=rewrite)

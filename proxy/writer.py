@@ -75,6 +75,8 @@ class Record:
     security_event: tuple[str, str] | None = None  # (kind, reason) when the refusal is a security event
     cost_usd: Decimal | None = None  # known when the relay charged it; else the writer prices it
     charged: bool = False  # the relay charged the token and project already (see proxy.settlement)
+    cached: bool = False  # answered from the response cache: costs nothing, saves what it would have cost
+    cache: str = ""  # X-Cache (proxy.cache.Result), for the metrics
 
 
 _COPIED = tuple(f.name for f in fields(Record) if f.name not in ("counts", "json_tail"))
@@ -93,12 +95,15 @@ def _row(record: Record) -> dict:
     row["uid"] = uuid.uuid4()
     if counts is not None:
         row.update(vars(counts))
-        if row["cost_usd"] is None and (price := price_table_sync().lookup(row["model"])) is not None:
-            row["cost_usd"] = price.cost(
+        if (row["cost_usd"] is None or record.cached) and (price := price_table_sync().lookup(row["model"])):
+            cost = price.cost(
                 input_tokens=counts.prompt_tokens or 0,
                 cached_input_tokens=counts.cached_tokens or 0,
                 output_tokens=counts.completion_tokens or 0,
             )
+            row["saved_usd" if record.cached else "cost_usd"] = cost
+    if record.cached:
+        row["cost_usd"] = Decimal(0)
     return row
 
 
