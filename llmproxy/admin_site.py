@@ -48,7 +48,7 @@ class LLMProxyAdminSite(admin.AdminSite):
         then the app list."""
         # Imported here: this module is loaded while the app registry is still being populated.
         from projects.selectors import project_counts
-        from proxy.selectors import busiest_projects, busiest_tokens, usage_daily
+        from proxy.selectors import busiest_projects, busiest_tokens, cache_savings, usage_daily
         from tokens.selectors import token_counts
 
         from .audit.selectors import audit_recent_entries
@@ -65,6 +65,7 @@ class LLMProxyAdminSite(admin.AdminSite):
                 "daily": usage_daily(days=self.usage_days),
                 "busiest_projects": busiest_projects(days=self.usage_days),
                 "busiest_tokens": busiest_tokens(days=self.usage_days),
+                "cache": cache_savings(days=self.usage_days),
             },
             **(extra_context or {}),
         }

@@ -21,7 +21,10 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from uuid import UUID
 
+import redis
+import redis.asyncio
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from . import db, settlement
@@ -87,8 +90,6 @@ def _entry(row) -> Entry:
 
 def _take_sync(key: str, token_id: UUID) -> Entry | None:
     """SQLite (on the database thread): the lookup and the hit's count in one transaction."""
-    from django.db import transaction
-
     now = timezone.now()
     with transaction.atomic():
         found = (
@@ -171,8 +172,6 @@ def _redis_key(key: str) -> str:
 
 def _client():
     """This event loop's asyncio client (its connection pool belongs to the loop)."""
-    import redis.asyncio
-
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
@@ -196,8 +195,6 @@ def _unpack(value: bytes) -> Entry:
 
 
 async def _take_redis(key: str, token_id: UUID) -> Entry | None:
-    import redis
-
     try:
         value = await _client().get(_redis_key(key))
     except (redis.RedisError, OSError) as exc:
@@ -210,8 +207,6 @@ async def _take_redis(key: str, token_id: UUID) -> Entry | None:
 
 
 async def _put_redis(stored: Stored) -> None:
-    import redis
-
     try:
         await _client().set(_redis_key(stored.key), _pack(stored.entry), ex=stored.ttl)
     except (redis.RedisError, OSError) as exc:
@@ -258,6 +253,9 @@ def _logged(future) -> None:
 # --- purge (the services' side, synchronous) ----------------------------------------------------------------------
 
 
+PURGE_ERRORS = (redis.RedisError, OSError)
+
+
 def purge(project_id: UUID, *, model: str | None = None, path: str | None = None) -> int:
     """Remove a project's answers (those of a model or a path only, when given): how many were removed."""
     if uses_redis():
@@ -270,14 +268,7 @@ def purge(project_id: UUID, *, model: str | None = None, path: str | None = None
     return entries.delete()[0]
 
 
-def purge_expired() -> int:
-    """The database backend's expired rows (Redis expires its own)."""
-    return CacheEntry.objects.filter(expires_at__lte=timezone.now()).delete()[0]
-
-
 def _purge_redis(project_id: UUID, model: str | None, path: str | None) -> int:
-    import redis
-
     pattern = ":".join(
         (
             _redis_key(project_id.hex),

@@ -196,6 +196,29 @@ def _reported(row: dict[str, Any]) -> dict[str, int | Decimal]:
     return {name: row.get(f"sum_{name}") or (Decimal(0) if name == "cost_usd" else 0) for name in REPORTED}
 
 
+# --- the response cache -----------------------------------------------------------------------------------------
+
+CACHE_SAVINGS_DAYS = 30
+
+
+@dataclass(frozen=True)
+class CacheSavings:
+    """Requests answered from the response cache over the last `days` days, and what they would have cost."""
+
+    hits: int
+    saved_usd: Decimal
+    days: int
+
+
+def cache_savings(
+    *, project: Project | UUID | None = None, token: Token | UUID | None = None, days: int = CACHE_SAVINGS_DAYS
+) -> CacheSavings:
+    row = _daily(project=project, token=token, since=first_day(days)).aggregate(
+        hits=Sum("cache_hits"), saved=Sum("saved_usd")
+    )
+    return CacheSavings(hits=row["hits"] or 0, saved_usd=row["saved"] or Decimal(0), days=days)
+
+
 # --- spend ------------------------------------------------------------------------------------------------------
 
 NEAR_BUDGET = Decimal("0.8")

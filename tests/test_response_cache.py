@@ -274,3 +274,21 @@ def test_model_list_hits_are_filtered_by_each_tokens_policy(openai_client, cache
     assert sorted(m.id for m in listed.parse()) == ["gpt-4o", "gpt-4o-mini"]
     assert calls(upstream, "/models") == 1
     assert UsageRecord.objects.filter(cached=True).count() in (0, 1)
+
+
+def test_purge_by_project_sends_the_next_request_upstream(client, cached_project, make_project, make_token, operator):
+    other = make_project(cache_mode="opt-in")
+    other_client_token = make_token(other).plaintext
+    chat(client, KEEP)
+    httpx.post(
+        f"{client.base_url}chat/completions",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {other_client_token}", **KEEP},
+    )
+    entries_settled(2)
+
+    from proxy.services import cache_purge
+
+    assert cache_purge(project=cached_project, actor=operator) == 1
+    assert chat(client, KEEP)[1]["x-cache"] == "STORED"
+    assert CacheEntry.objects.filter(project_id=other.pk).count() == 1  # the other project's answer stays
