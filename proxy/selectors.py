@@ -142,7 +142,8 @@ def recent_requests(
 
 
 USAGE_GROUPS = ("day", "token", "model")
-REPORTED = (*SUMMED, "total_tokens")
+REPORTED = (*SUMMED, "total_tokens", "cache_hits", "saved_usd")
+DOLLARS = frozenset({"cost_usd", "saved_usd"})
 
 
 @dataclass(frozen=True)
@@ -188,12 +189,12 @@ def usage_summary(
         result = [{"model": row["model"], **_reported(row)} for row in grouped]
     else:
         raise ValueError(f"group_by must be one of {USAGE_GROUPS}")
-    totals = {name: sum((row[name] for row in result), Decimal(0) if name == "cost_usd" else 0) for name in REPORTED}
+    totals = {name: sum((row[name] for row in result), Decimal(0) if name in DOLLARS else 0) for name in REPORTED}
     return UsageSummary(rows=result, totals=totals)
 
 
 def _reported(row: dict[str, Any]) -> dict[str, int | Decimal]:
-    return {name: row.get(f"sum_{name}") or (Decimal(0) if name == "cost_usd" else 0) for name in REPORTED}
+    return {name: row.get(f"sum_{name}") or (Decimal(0) if name in DOLLARS else 0) for name in REPORTED}
 
 
 # --- the response cache -----------------------------------------------------------------------------------------

@@ -247,7 +247,8 @@ CACHE_PURGE = Body(
         "path": String(
             description="Only the answers of this API path (`/chat/completions`, with or without `/v1`).",
             max_length=500,
-            min_length=1,
+            pattern="/.*",
+            pattern_message="path must be an API path such as /chat/completions",
         ),
     },
     required=("project_id",),

@@ -24,13 +24,18 @@ _DOLLARS = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}
 _USAGE_SUMS = {
     "requests": {"type": "integer", "minimum": 0},
     "errors": {"type": "integer", "minimum": 0, "description": "Requests answered with status 400 or more."},
-    "prompt_tokens": {"type": "integer", "minimum": 0},
+    "prompt_tokens": {"type": "integer", "minimum": 0, "description": "Reported by the upstream (not cache hits')."},
     "completion_tokens": {"type": "integer", "minimum": 0},
     "total_tokens": {"type": "integer", "minimum": 0},
     "cost_usd": {
         **_DOLLARS,
         "description": "US dollars, exact, as a decimal string: the reported usage at each model's price at the time "
         "(requests of models without a price count nothing).",
+    },
+    "cache_hits": {"type": "integer", "minimum": 0, "description": "Requests answered from the response cache."},
+    "saved_usd": {
+        **_DOLLARS,
+        "description": "What the cache hits would have cost at the models' prices, in US dollars (a decimal string).",
     },
 }
 

@@ -24,7 +24,7 @@ from projects.services import (
 from proxy.models import ModelPrice
 from proxy.prices import model_price_for, model_prices
 from proxy.probe import project_upstream_test
-from proxy.selectors import usage_summary
+from proxy.selectors import DOLLARS, usage_summary
 from proxy.services import cache_purge, price_delete, price_set
 from tokens.models import Token
 from tokens.selectors import token_get, tokens_newest_first
@@ -348,8 +348,8 @@ class UsageView(ApiView):
             project=query.get("project_id", caller.project_id),
             token=query.get("token_id"),
         )
-        rows = [{**row, "cost_usd": decimal_text(row["cost_usd"])} for row in summary.rows]
-        totals = {**summary.totals, "cost_usd": decimal_text(summary.totals["cost_usd"])}
+        rows = [{**row, **{name: decimal_text(row[name]) for name in DOLLARS}} for row in summary.rows]
+        totals = {**summary.totals, **{name: decimal_text(summary.totals[name]) for name in DOLLARS}}
         return JsonResponse({"from": start, "to": end, "group_by": group_by, "rows": rows, "totals": totals})
 
 
