@@ -292,3 +292,17 @@ def test_purge_by_project_sends_the_next_request_upstream(client, cached_project
     assert cache_purge(project=cached_project, actor=operator) == 1
     assert chat(client, KEEP)[1]["x-cache"] == "STORED"
     assert CacheEntry.objects.filter(project_id=other.pk).count() == 1  # the other project's answer stays
+
+
+def test_cache_results_are_counted_in_the_metrics(proxy_server, client, cached_project):
+    def count(result: str) -> float:
+        text = httpx.get(f"{proxy_server.url}/metrics", timeout=5).text
+        line = f'llmproxy_cache_requests_total{{project="{cached_project.name}",result="{result}"}}'
+        return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+    chat(client, KEEP)
+    entries_settled(1)
+    chat(client, KEEP), chat(client, KEEP), chat(client)
+    wait_for_usage(4)
+    time.sleep(0.1)  # the metrics are counted by the writer, beside the records
+    assert (count("stored"), count("hit"), count("bypass")) == (1, 2, 1)
