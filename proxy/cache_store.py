@@ -5,6 +5,11 @@ every worker and instance.
 its `cache_hit_count` raised: see proxy.settlement) before the answer goes out; `put` stores an answer off the
 client's path; `purge` removes a project's answers (all, or those of a model or a path).
 
+On PostgreSQL a hit costs the admission statement and one more (the lookup and the count together). On SQLite, where
+every write waits for the one writer and each transaction is a hop to the database thread, a token whose project
+was seen with the cache on (a hint this worker keeps, never trusted for anything but the choice) is admitted, checked,
+looked up and counted in one transaction on one hop (`admit_and_take`); without the hint, as on PostgreSQL.
+
 The Redis client is redis-py's own asyncio client (`redis.asyncio`): it is the project's official client, speaks
 RESP on the worker's event loop without a thread hop, pools connections per loop, and its synchronous twin in the
 same package serves the purge from the admin, the API and the commands. Each call has a short timeout: when Redis
@@ -16,9 +21,11 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import Protocol
 from uuid import UUID
 
 import redis
@@ -27,8 +34,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import db, settlement
-from .cache import part
+from . import admission, db, settlement
+from .cache import Plan, part
 from .models import CacheEntry
 
 logger = logging.getLogger(__name__)
@@ -88,19 +95,65 @@ def _entry(row) -> Entry:
     return Entry(content_type, bytes(body), bool(streamed), created_at.timestamp())
 
 
+def _find_and_count(key: str, token_id: UUID) -> Entry | None:
+    """In the caller's transaction: the fresh answer, and its hit counted on the token."""
+    found = (
+        CacheEntry.objects.filter(key=key, expires_at__gt=timezone.now())
+        .values_list("content_type", "body", "streamed", "created_at")
+        .first()
+    )
+    if found is None:
+        return None
+    settlement.count_hit(token_id)
+    return _entry(found)
+
+
 def _take_sync(key: str, token_id: UUID) -> Entry | None:
     """SQLite (on the database thread): the lookup and the hit's count in one transaction."""
-    now = timezone.now()
     with transaction.atomic():
-        found = (
-            CacheEntry.objects.filter(key=key, expires_at__gt=now)
-            .values_list("content_type", "body", "streamed", "created_at")
-            .first()
-        )
-        if found is None:
-            return None
-        settlement.count_hit(token_id)
-    return _entry(found)
+        return _find_and_count(key, token_id)
+
+
+class Checked(Protocol):
+    """What proxy.views' checks after admission give (its `Checked`)."""
+
+    refusal: object | None
+    plan: Plan | None
+
+
+def admit_and_take(
+    digest: str, check: Callable[[admission.Admission], Checked]
+) -> tuple[admission.Admission, Checked | None, bool, Entry | None]:
+    """SQLite, the database backend, a project with the cache on: admission, the request's checks, the lookup and
+    the hit's count in one transaction. Returns the admission, the checks (None when refused or the cache is off:
+    the caller checks), whether the answer was looked up, and the answer found."""
+    with transaction.atomic():
+        admitted = admission.admit(digest)
+        if admitted.refusal is not None or admitted.cache_mode == "off":
+            return admitted, None, False, None
+        checked = check(admitted)
+        plan = checked.plan
+        if checked.refusal is not None or plan is None or not plan.read:
+            return admitted, checked, False, None
+        return admitted, checked, True, _find_and_count(plan.key, admitted.token_id)
+
+
+_HINTS_MAX = 10_000
+_hints: dict[str, bool] = {}
+
+
+def in_admission(digest: str) -> bool:
+    """Whether this request's admission should look its answer up too (see the module's doc)."""
+    return _hints.get(digest, False) and not uses_redis() and not db.is_postgresql()
+
+
+def remember(digest: str, cache_mode: str) -> None:
+    """What admission said of the token's project's cache, for the next request of the token on this worker."""
+    cached = cache_mode != "off"
+    if _hints.get(digest, False) != cached:
+        if len(_hints) >= _HINTS_MAX:
+            _hints.clear()
+        _hints[digest] = cached
 
 
 async def _take_database(key: str, token_id: UUID) -> Entry | None:

@@ -11,7 +11,8 @@ request refused after admission, by the policy or the upstream, first gives its 
 import asyncio
 import logging
 import time
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import lru_cache, partial
 
 import httpx
 import psycopg
@@ -32,6 +33,7 @@ from . import (
     cache,
     cache_store,
     cors,
+    db,
     endpoints,
     errors,
     headers,
@@ -157,8 +159,25 @@ async def _forward(
     if not secret.TOKEN.is_well_formed(presented):
         return exchange.refuse(errors.invalid_token_format())
 
+    digest = secret.digest(presented)
+    query = request.META.get("QUERY_STRING", "")
+    check = partial(
+        _check,
+        exchange,
+        api_path=api_path,
+        raw_path=raw_path,
+        body=request.body,
+        content_type=read.get(b"content-type", ""),
+        query=query,
+        cache_control=read.get(b"cache-control", ""),
+    )
+    checked = found = None
+    looked_up = False
     try:
-        admitted = await admission.admit_async(secret.digest(presented))
+        if cache_store.in_admission(digest):
+            admitted, checked, looked_up, found = await db.run(cache_store.admit_and_take, digest, check)
+        else:
+            admitted = await admission.admit_async(digest)
     except (DatabaseError, psycopg.Error, PoolTimeout) as exc:
         logger.error(
             "admission failed for request %s: database unavailable (%s)", exchange.request_id, type(exc).__name__
@@ -167,34 +186,24 @@ async def _forward(
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
     if admitted.refusal is not None:
         return exchange.refuse(admitted.refusal)
-    policy = admitted.policy
-    if policy is not UNRESTRICTED and (refusal := _policy_refusal(exchange, policy, method, api_path)):
-        return await _give_back_and_refuse(exchange, admitted, refusal)
-    allowance = admitted.allowance
+    cache_store.remember(digest, admitted.cache_mode)
+    if checked is None:
+        checked = check(admitted)
+    if checked.refusal is not None:
+        return await _give_back_and_refuse(exchange, admitted, checked.refusal)
+    policy, sent, plan, allowance = admitted.policy, checked.sent, checked.plan, admitted.allowance
+    if plan is not None and plan.read:
+        if not looked_up:
+            plan, found = await _look_up(exchange, admitted, plan)
+        if found is not None:
+            rewrite = model_list.rewriter(policy) if checked.lists_models else None
+            return replay.response(exchange, found, allowance, strip=sent.usage_injected, rewrite=rewrite)
     try:
         api_key = _upstream_key(admitted.api_key_ciphertext)
     except crypto.KeyDecryptionError:
         logger.error("the upstream key of project %s cannot be decrypted with ENCRYPTION_KEYS", admitted.project_id)
         return await _give_back_and_refuse(exchange, admitted, errors.upstream_key_unusable())
-
-    forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
-    sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path, policy)
-    exchange.model = sent.model
-    lists_models = False
-    if policy.reads_model:
-        if sent.duplicate_model:
-            return await _give_back_and_refuse(exchange, admitted, errors.duplicate_model())
-        named = sent.model
-        if method == "GET" and not named:
-            named, forwarded_path = _model_in_path(api_path, forwarded_path, policy)
-            lists_models = api_path == "/models"
-        if named and (sent.model_too_long or not policy.allows_model(named)):
-            return await _give_back_and_refuse(exchange, admitted, errors.model_not_allowed(named))
-    plan = None
-    if admitted.cache_mode != "off":
-        plan, hit = await _from_cache(request, exchange, admitted, api_path, sent, read, lists_models)
-        if hit is not None:
-            return hit
+    forwarded_path, lists_models = checked.forwarded_path, checked.lists_models
     price = None
     if allowance.charges_before_end:
         price = (await prices.price_table()).lookup(sent.model)
@@ -203,7 +212,7 @@ async def _forward(
             return await _give_back_and_refuse(exchange, admitted, errors.model_not_priced(sent.model))
     upstream_request = upstream.build_request(
         method,
-        upstream.url(admitted.base_url, forwarded_path, request.META.get("QUERY_STRING", "")),
+        upstream.url(admitted.base_url, forwarded_path, query),
         headers.upstream_request_headers(
             scope["headers"],
             auth=auth_header(admitted.upstream_auth, api_key),
@@ -267,42 +276,75 @@ async def _forward(
     return client_response
 
 
-async def _from_cache(
-    request: HttpRequest,
+@dataclass(frozen=True)
+class Checked:
+    """What the project's policy says about the request once its token is admitted: refused, or what is sent where
+    (and, with the response cache on, the cache's plan for it)."""
+
+    refusal: errors.Refusal | None = None
+    sent: payload.Payload | None = None
+    forwarded_path: str = ""
+    lists_models: bool = False
+    plan: cache.Plan | None = None
+
+
+def _check(
     exchange: Exchange,
     admitted: admission.Admission,
+    *,
     api_path: str,
-    sent: payload.Payload,
-    read: dict[bytes, str],
-    lists_models: bool,
-) -> tuple[cache.Plan | None, HttpResponse | None]:
-    """For a project with the response cache on: the answer from the cache (a hit), or the plan for the answer from
-    upstream (None when it is not to be kept: `X-Cache: BYPASS`)."""
-    plan = cache.plan(
-        mode=admitted.cache_mode,
-        default_ttl=admitted.cache_ttl,
-        project_id=admitted.project_id,
-        method=exchange.method,
-        api_path=api_path,
-        query=request.META.get("QUERY_STRING", ""),
-        body=request.body,
-        model=sent.model,
-        cache_control=read.get(b"cache-control", ""),
-    )
-    if plan.key is None or not cache_store.available():
-        exchange.cache = cache.Result.BYPASS
-        return None, None
-    if not plan.read:
-        return plan, None
+    raw_path: bytes,
+    body: bytes,
+    content_type: str,
+    query: str,
+    cache_control: str,
+) -> Checked:
+    """The policy's checks, the body read, the cache's plan: no I/O, so on SQLite, for a project with the cache on,
+    it runs on the database thread inside admission's transaction (proxy.cache_store.admit_and_take)."""
+    method, policy = exchange.method, admitted.policy
+    if policy is not UNRESTRICTED and (refusal := _policy_refusal(exchange, policy, method, api_path)):
+        return Checked(refusal)
+    forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
+    sent = payload.inspect(body, content_type, api_path, policy)
+    exchange.model = sent.model
+    lists_models = False
+    if policy.reads_model:
+        if sent.duplicate_model:
+            return Checked(errors.duplicate_model())
+        named = sent.model
+        if method == "GET" and not named:
+            named, forwarded_path = _model_in_path(api_path, forwarded_path, policy)
+            lists_models = api_path == "/models"
+        if named and (sent.model_too_long or not policy.allows_model(named)):
+            return Checked(errors.model_not_allowed(named))
+    plan = None
+    if admitted.cache_mode != "off":
+        plan = cache.plan(
+            mode=admitted.cache_mode,
+            default_ttl=admitted.cache_ttl,
+            project_id=admitted.project_id,
+            method=method,
+            api_path=api_path,
+            query=query,
+            body=body,
+            model=sent.model,
+            cache_control=cache_control,
+        )
+        if plan.key is None or not cache_store.available():
+            exchange.cache = cache.Result.BYPASS
+            plan = None
+    return Checked(None, sent, forwarded_path, lists_models, plan)
+
+
+async def _look_up(
+    exchange: Exchange, admitted: admission.Admission, plan: cache.Plan
+) -> tuple[cache.Plan | None, cache_store.Entry | None]:
+    """The stored answer, counted as a hit (or none); the plan becomes None when the cache cannot be read now."""
     try:
-        entry = await cache_store.take(plan.key, admitted.token_id)
+        return plan, await cache_store.take(plan.key, admitted.token_id)
     except cache_store.Unavailable:
         exchange.cache = cache.Result.BYPASS
         return None, None
     except SETTLE_ERRORS as exc:
         logger.warning("could not read the response cache for request %s (%s)", exchange.request_id, type(exc).__name__)
         return plan, None
-    if entry is None:
-        return plan, None
-    rewrite = model_list.rewriter(admitted.policy) if lists_models else None
-    return plan, replay.response(exchange, entry, admitted.allowance, strip=sent.usage_injected, rewrite=rewrite)

@@ -294,10 +294,13 @@ def test_purge_by_project_sends_the_next_request_upstream(client, cached_project
     assert CacheEntry.objects.filter(project_id=other.pk).count() == 1  # the other project's answer stays
 
 
-def test_cache_results_are_counted_in_the_metrics(proxy_server, client, cached_project):
+def test_cache_results_are_counted_in_the_metrics(proxy_server, openai_client, make_project, make_token):
+    name = f"Metrics {time.time_ns()}"  # the server's counters outlive each test's projects
+    client = openai_client(make_token(make_project(name=name, cache_mode="opt-in")).plaintext)
+
     def count(result: str) -> float:
         text = httpx.get(f"{proxy_server.url}/metrics", timeout=5).text
-        line = f'llmproxy_cache_requests_total{{project="{cached_project.name}",result="{result}"}}'
+        line = f'llmproxy_cache_requests_total{{project="{name}",result="{result}"}}'
         return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)), 0.0)
 
     chat(client, KEEP)
