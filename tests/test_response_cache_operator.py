@@ -155,3 +155,25 @@ def test_hits_and_savings_show_on_the_token_and_project_pages_and_the_dashboard(
         assert "$12.50" in html, name
     token_page = admin_client.get(pages["token"]).content.decode()
     assert 'class="cache-hits-total">42<' in token_page
+
+
+def test_the_request_log_says_which_requests_came_from_the_cache(admin_client, make_project):
+    from proxy.models import UsageRecord
+
+    project = make_project()
+    UsageRecord.objects.create(
+        method="POST",
+        path="/v1/chat/completions",
+        status=200,
+        duration_ms=1,
+        request_id="req-cached-1",
+        project_id=project.pk,
+        cached=True,
+        cost_usd=0,
+        saved_usd=Decimal("0.18"),
+    )
+    html = admin_client.get(reverse("admin:proxy_usagerecord_changelist")).content.decode()
+    assert "from cache" in html
+    export = admin_client.get(reverse("admin:proxy_usagerecord_export"))
+    lines = b"".join(export.streaming_content).decode().splitlines()
+    assert lines[0].endswith("cached,saved_usd") and lines[1].endswith("True,0.180000000000")

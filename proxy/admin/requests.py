@@ -165,6 +165,8 @@ CSV_COLUMNS = [
     ("refusal_code", "refusal_code"),
     ("client_aborted", "client_aborted"),
     ("upstream_aborted", "upstream_aborted"),
+    ("cached", "cached"),
+    ("saved_usd", "saved_usd"),
 ]
 
 
@@ -315,6 +317,8 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
             parts.append("client aborted")
         if record.upstream_aborted:
             parts.append("upstream broke off")
+        if record.cached:
+            parts.append("from cache")
         return ", ".join(parts) or "—"
 
     def change_view(
