@@ -161,7 +161,7 @@ async def _forward(
 
     digest = secret.digest(presented)
     query = request.META.get("QUERY_STRING", "")
-    check = partial(
+    check_request = partial(
         _check,
         exchange,
         api_path=api_path,
@@ -175,7 +175,7 @@ async def _forward(
     looked_up = False
     try:
         if cache_store.in_admission(digest):
-            admitted, checked, looked_up, found = await db.run(cache_store.admit_and_take, digest, check)
+            admitted, checked, looked_up, found = await db.run(cache_store.admit_and_take, digest, check_request)
         else:
             admitted = await admission.admit_async(digest)
     except (DatabaseError, psycopg.Error, PoolTimeout) as exc:
@@ -188,7 +188,7 @@ async def _forward(
         return exchange.refuse(admitted.refusal)
     cache_store.remember(digest, admitted.cache_mode)
     if checked is None:
-        checked = check(admitted)
+        checked = check_request(admitted)
     if checked.refusal is not None:
         return await _give_back_and_refuse(exchange, admitted, checked.refusal)
     policy, sent, plan, allowance = admitted.policy, checked.sent, checked.plan, admitted.allowance
