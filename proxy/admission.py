@@ -275,16 +275,32 @@ def admit(digest: str, now: datetime | None = None) -> Admission:
             cursor.execute(_postgresql_sql(), params)
             row = cursor.fetchone()
     else:
-        admit_sql, minute_sql = _sqlite_sql()
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(admit_sql, params)
-            row = cursor.fetchone()
-            if row is not None and row[_RETURNED.index("p_rpm")] is not None:
-                cursor.execute(minute_sql, {**params, "project_id": row[1]})
-                row = (*row[:7], cursor.fetchone()[0], *row[8:])
+        with transaction.atomic():
+            row = _sqlite_row(params)
     if row is not None:
         return _admitted(row, now)
     return why_refused(digest, now)
+
+
+def admit_in_transaction(digest: str) -> Admission:
+    """SQLite: `admit` inside the caller's (IMMEDIATE) transaction, so what the caller writes next commits with the
+    count (proxy.cache_store: a cache hit's count)."""
+    now = timezone.now()
+    row = _sqlite_row(_params(digest, now, connection.ops.adapt_datetimefield_value(now)))
+    if row is not None:
+        return _admitted(row, now)
+    return why_refused(digest, now)
+
+
+def _sqlite_row(params: dict) -> tuple | None:
+    admit_sql, minute_sql = _sqlite_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(admit_sql, params)
+        row = cursor.fetchone()
+        if row is not None and row[_RETURNED.index("p_rpm")] is not None:
+            cursor.execute(minute_sql, {**params, "project_id": row[1]})
+            row = (*row[:7], cursor.fetchone()[0], *row[8:])
+    return row
 
 
 async def admit_async(digest: str) -> Admission:
