@@ -12,7 +12,10 @@ It seeds the projects and tokens each part needs, then prints, as ratios against
 - throughput of a token with every limit (and a project with a budget) against an unlimited one (`limits`);
 - latency and throughput of a token under a project policy (models, an alias, endpoints, origins, addresses)
   against one with none (`policy`);
-- the server's peak RSS (gunicorn master and workers, from /proc).
+- the server's peak RSS (gunicorn master and workers, from /proc);
+- the response cache (`--parts cache`): p50 at concurrency 1 and throughput at 32 of cache hits, kept in the
+  database and (when a Redis answers at 127.0.0.1:6379, or REDIS_URL) in Redis by a second server, against the
+  uncached proxy and the mock called directly.
 
 The load generator is a minimal HTTP/1.1 client on raw asyncio streams (keep-alive), so that its own cost stays
 small next to what it measures. All traffic goes to 127.0.0.1.
@@ -48,8 +51,11 @@ TARGETS = {
     "stream_ratio": 1.05,
     "limits_ratio": 0.85,
     "policy_ratio": 0.95,
+    "hit_speedup": 2.0,  # a hit at c=1 at least twice as fast as an uncached proxied request
+    "hit_throughput_ratio": 1.0,  # hits at c=32 at least the uncached proxy's throughput
 }
-PARTS = ("latency", "throughput", "ttfb", "streams", "limits", "policy")
+PARTS = ("latency", "throughput", "ttfb", "streams", "limits", "policy", "cache")
+CACHE_HEADERS = {"Cache-Control": "max-age=3600"}
 # The policy part's project: every list set, the request naming a model by its alias (the body is read and rewritten).
 POLICY = {
     "allowed_models": ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"],
@@ -134,10 +140,16 @@ class Target:
     authorization: str
     body: bytes = CHAT
     origin: str = ""  # sent as Origin when set, as a browser app would
+    always: tuple[tuple[str, str], ...] = ()  # headers on every request (a cache's opt-in)
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        origin = {"Origin": self.origin} if self.origin else {}
-        return {"Authorization": self.authorization, "Content-Type": "application/json", **origin, **(extra or {})}
+        return {
+            "Authorization": self.authorization,
+            "Content-Type": "application/json",
+            **({"Origin": self.origin} if self.origin else {}),
+            **dict(self.always),
+            **(extra or {}),
+        }
 
 
 async def latency(target: Target, count: int, warmup: int) -> list[float]:
@@ -281,11 +293,12 @@ def database(bench_id: str) -> tuple[str, callable]:
     return f"sqlite:///{path}", remove
 
 
-def seed(env: dict) -> tuple[str, str, str]:
+def seed(env: dict) -> tuple[str, str, str, str]:
     """Migrate, then create a project with an unlimited token, a project with every limit (out of reach: they
-    are counted, never reached) with a token that has every limit too, and a project with every policy list (that
-    the bench's requests meet) with a token narrowing it; the three tokens' plaintexts. The bench's model gets a
-    price, so its cost is computed and charged."""
+    are counted, never reached) with a token that has every limit too, a project with every policy list (that the
+    bench's requests meet) with a token narrowing it, and a project with the response cache (opt-in) with an
+    unlimited token; the four tokens' plaintexts. The bench's model gets a price, so its cost is computed and
+    charged."""
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
     code = (
         "from datetime import timedelta\n"
@@ -305,6 +318,8 @@ def seed(env: dict) -> tuple[str, str, str]:
         f"ruled = project_create(name='Bench policy', api_key='{UPSTREAM_KEY}', actor=actor, **{POLICY!r})\n"
         "print(token_generate(project=ruled, duration=timedelta(hours=2), actor=actor,\n"
         "                     allowed_models=['gpt-4o-mini'], allowed_ips=['127.0.0.1/32']).plaintext)\n"
+        f"cached = project_create(name='Bench cached', api_key='{UPSTREAM_KEY}', actor=actor, cache_mode='opt-in')\n"
+        "print(token_generate(project=cached, duration=timedelta(hours=2), actor=actor).plaintext)\n"
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
@@ -314,8 +329,8 @@ def seed(env: dict) -> tuple[str, str, str]:
         capture_output=True,
         text=True,
     )
-    free, limited, ruled = result.stdout.strip().splitlines()[-3:]
-    return free, limited, ruled
+    free, limited, ruled, cached = result.stdout.strip().splitlines()[-4:]
+    return free, limited, ruled, cached
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -333,13 +348,34 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: floa
     raise SystemExit(f"{what} did not listen on {port} within {timeout} s")
 
 
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def forget_redis_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for name in client.scan_iter(match=f"{prefix}*"):
+        client.delete(name)
+    client.close()
+
+
 # --- the run ----------------------------------------------------------------------------------------------------------
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(direct: Target, proxied: Target, limited: Target, ruled: Target, args) -> dict:
+async def measure(
+    direct: Target, proxied: Target, limited: Target, ruled: Target, args, hits: dict[str, Target] | None = None
+) -> dict:
     figures: dict = {}
     # warm both paths (connections, imports, caches) before measuring
     await latency(direct, 50, 50)
@@ -366,7 +402,25 @@ async def measure(direct: Target, proxied: Target, limited: Target, ruled: Targe
         figures["limits"] = await measure_limits(proxied, limited, args)
     if "policy" in args.parts:
         figures["policy"] = await measure_policy(proxied, ruled, args)
+    if "cache" in args.parts:
+        figures["cache"] = await measure_cache(direct, proxied, hits or {}, args)
     return figures
+
+
+async def measure_cache(direct: Target, proxied: Target, hits: dict[str, Target], args) -> dict:
+    """p50 at c=1 and throughput at c=32 of cache hits (one request made and stored first), interleaved with the
+    uncached proxy and the mock called directly, three throughput runs each (medians)."""
+    for target in hits.values():
+        await latency(target, 1, 0)  # the miss that stores the answer
+        await asyncio.sleep(0.3)
+        await latency(target, 50, 50)
+    names = {"direct": direct, "uncached": proxied, **hits}
+    p50 = {name: statistics.median(await latency(target, args.requests, 100)) for name, target in names.items()}
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(3):
+        for name, target in names.items():
+            runs[name].append((await throughput(target, 32, args.seconds))[0])
+    return {"p50": p50, "throughput": {name: statistics.median(values) for name, values in runs.items()}}
 
 
 async def measure_limits(proxied: Target, limited: Target, args) -> dict:
@@ -484,6 +538,24 @@ def report(figures: dict, engine: str, workers: int, rss_kib: int) -> None:
             f"{pol['ruled_cpu']:.2f} ms   "
             f"[target >= {TARGETS['policy_ratio']:.0%}: {verdict(ratio >= TARGETS['policy_ratio'])}]"
         )
+    if cache := figures.get("cache"):
+        p50, rps = cache["p50"], cache["throughput"]
+        print(
+            f"  cache c=1 p50  direct {p50['direct']:.2f} ms, uncached proxy {p50['uncached']:.2f} ms"
+            + "".join(f", hit ({name}) {p50[name]:.2f} ms" for name in p50 if name.startswith("hit"))
+        )
+        print(
+            f"  cache c=32     direct {rps['direct']:.0f} req/s, uncached proxy {rps['uncached']:.0f} req/s"
+            + "".join(f", hit ({name}) {rps[name]:.0f} req/s" for name in rps if name.startswith("hit"))
+        )
+        for name in (name for name in p50 if name.startswith("hit")):
+            speedup = p50["uncached"] / p50[name]
+            ratio = rps[name] / rps["uncached"]
+            ok = speedup >= TARGETS["hit_speedup"] and ratio >= TARGETS["hit_throughput_ratio"]
+            print(
+                f"    {name}: {speedup:.2f}x faster than uncached at c=1, {ratio:.2f}x its throughput at c=32   "
+                f"[target >= {TARGETS['hit_speedup']}x and >= {TARGETS['hit_throughput_ratio']}x: {verdict(ok)}]"
+            )
     print(f"  server peak RSS  {rss_kib / 1024:.0f} MiB (gunicorn master + {workers} workers)")
 
 
@@ -528,8 +600,10 @@ def main() -> None:
     processes: list[subprocess.Popen] = []
     sampler = None
     server_log = None
+    redis_prefix = f"llmproxy-bench-{bench_id}:"
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     try:
-        token, limited_token, ruled_token = seed(env)
+        token, limited_token, ruled_token, cached_token = seed(env)
         mock = subprocess.Popen(
             [sys.executable, "tests/mock_upstream.py", "--port", str(mock_port)],
             cwd=BASE_DIR,
@@ -546,6 +620,28 @@ def main() -> None:
             stderr=server_log,
         )
         processes.append(server)
+        redis_port = None
+        if "cache" in args.parts and redis_answers(redis_url):
+            # A second server, the same but for CACHE_URL: hits kept in Redis.
+            redis_port = free_port()
+            redis_env = {
+                **env,
+                "BIND": f"127.0.0.1:{redis_port}",
+                "CACHE_URL": redis_url,
+                "CACHE_KEY_PREFIX": redis_prefix,
+            }
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "llmproxy.asgi:application"],
+                    cwd=BASE_DIR,
+                    env=redis_env,
+                    stdout=server_log,
+                    stderr=server_log,
+                )
+            )
+            wait_for_port(redis_port, processes[-1], "the Redis-backed server")
+        elif "cache" in args.parts:
+            print(f"no Redis answers at {redis_url}: cache hits measured on the database only", flush=True)
         wait_for_port(mock_port, mock, "the mock upstream")
         wait_for_port(server_port, server, "the server")
         time.sleep(1.5)  # let every worker finish booting
@@ -566,13 +662,21 @@ def main() -> None:
             ALIASED_CHAT,
             POLICY["allowed_origins"][0],
         )
+        cache_opt_in = tuple(CACHE_HEADERS.items())
+        hits = {
+            "hit-db": Target("hit-db", "127.0.0.1", server_port, "/v1", f"Bearer {cached_token}", always=cache_opt_in)
+        }
+        if redis_port is not None:
+            hits["hit-redis"] = Target(
+                "hit-redis", "127.0.0.1", redis_port, "/v1", f"Bearer {cached_token}", always=cache_opt_in
+            )
         try:
             import uvloop
 
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        figures = runner(measure(direct, proxied, limited, ruled, args))
+        figures = runner(measure(direct, proxied, limited, ruled, args, hits))
         sampler.running = False
         engine = "PostgreSQL" if db_url.startswith("postgres") else "SQLite"
         report(figures, engine, args.workers, sampler.peak_kib)
@@ -586,6 +690,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
         drop_database()
+        if "cache" in args.parts and redis_answers(redis_url):
+            forget_redis_keys(redis_url, redis_prefix)
         if server_log is not None:
             server_log.close()
 

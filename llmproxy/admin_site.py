@@ -53,6 +53,7 @@ class LLMProxyAdminSite(admin.AdminSite):
             budget_alerts_recent,
             busiest_projects,
             busiest_tokens,
+            cache_savings,
             spend_overview,
             spend_totals,
             usage_daily,
@@ -78,6 +79,7 @@ class LLMProxyAdminSite(admin.AdminSite):
                 "daily": usage_daily(days=self.usage_days),
                 "busiest_projects": busiest_projects(days=self.usage_days),
                 "busiest_tokens": busiest_tokens(days=self.usage_days),
+                "cache": cache_savings(days=self.usage_days),
             },
             **(extra_context or {}),
         }

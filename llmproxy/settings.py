@@ -274,6 +274,17 @@ PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=5.0)
 if PRICE_CACHE_SECONDS < 0:
     refuse_to_start("PRICE_CACHE_SECONDS must be 0 or more.")
 
+# --- Response cache (proxy.cache) -------------------------------------------------------------------------------
+# Off per project unless its cache mode says otherwise. CACHE_URL=redis://host:6379/0 keeps the answers in Redis
+# (shared by every worker and instance); without it they are kept in the database (the proxy_cacheentry table).
+CACHE_URL = env.str("CACHE_URL", default="")
+if CACHE_URL and not CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    refuse_to_start("CACHE_URL must be a redis://, rediss:// or unix:// URL (or empty: the database keeps the cache).")
+# Answers larger than this are not stored (their request is answered all the same).
+CACHE_MAX_ENTRY_BYTES = env.int("CACHE_MAX_ENTRY_BYTES", default=2 * 1024 * 1024)
+# Redis keys begin with this, so one Redis can serve other programs (or several deployments) too.
+CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="llmproxy:cache:")
+
 # --- Limits against hostile clients ----------------------------------------------------------------------------
 # Enforced by the server before a request reaches the app: the body limit in the ASGI layer (llmproxy.body_limit;
 # `/v1/` has PROXY_MAX_BODY_BYTES instead), the others by the HTTP protocol of the workers (llmproxy.server).

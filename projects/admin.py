@@ -26,6 +26,7 @@ from llmproxy.audit.history import AuditHistoryMixin
 from llmproxy.errors import ServiceError
 from proxy.probe import project_upstream_test
 from proxy.selectors import budget_alerts_recent
+from proxy.services import cache_purge
 from tokens.selectors import project_minting_keys, project_token_summary, project_unrevoked_token_count
 from tokens.services import project_set_active, project_tokens_revoke
 
@@ -34,7 +35,7 @@ from .limits import usd
 from .models import Project
 from .policy import POLICY_FIELDS
 from .selectors import project_list_with_token_counts
-from .services import project_create, project_set_limits, project_set_policy, project_update
+from .services import project_create, project_set_cache, project_set_limits, project_set_policy, project_update
 
 # The upstream key never reaches an error report: Django's reports list POST data, masked only where told so.
 sensitive_key = method_decorator(sensitive_post_parameters("api_key"))
@@ -77,6 +78,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
     set_active_template = "admin/projects/project/set_active_confirmation.html"
     set_active_selected_template = "admin/projects/project/set_active_selected_confirmation.html"
     revoke_tokens_template = "admin/projects/project/revoke_tokens_confirmation.html"
+    purge_cache_template = "admin/projects/project/purge_cache_confirmation.html"
 
     # --- list ----------------------------------------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
             path("<path:object_id>/deactivate/", view(self.deactivate_view), name=f"{info}_deactivate"),
             path("<path:object_id>/revoke-tokens/", view(self.revoke_tokens_view), name=f"{info}_revoke_tokens"),
             path("<path:object_id>/test-connection/", view(self.test_connection_view), name=f"{info}_test_connection"),
+            path("<path:object_id>/purge-cache/", view(self.purge_cache_view), name=f"{info}_purge_cache"),
         ]
         return own + super().get_urls()
 
@@ -161,6 +164,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
                     **form.upstream(),
                     **form.limits(),
                     **form.policy(),
+                    **form.caching(),
                 )
             except ServiceError as e:
                 add_service_error(form, e)
@@ -194,6 +198,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
                 (project._meta.get_field(name).verbose_name, as_lines(getattr(project, name)).splitlines())
                 for name in POLICY_FIELDS
             ],
+            "purge_cache_url": reverse("admin:projects_project_purge_cache", args=[project.pk]) if can_change else "",
             "all_tokens_query": f"?project__id__exact={project.pk}",
             "generate_token_query": f"?project={project.pk}",
         }
@@ -204,7 +209,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
         data = request.POST if request.method == "POST" else None
         initial = {
             "name": project.name,
-            **{name: getattr(project, name) for name in ProjectEditForm.LIMITS},
+            **{name: getattr(project, name) for name in (*ProjectEditForm.LIMITS, *ProjectEditForm.CACHING)},
             **ProjectPolicyForm.initial_for(project),
         }
         form = ProjectEditForm(data, initial=initial, masked_key=project.api_key_masked)
@@ -221,6 +226,7 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
                     )
                     project = project_set_limits(project=project, actor=actor, **form.limits())
                     project = project_set_policy(project=project, actor=actor, **form.policy())
+                    project = project_set_cache(project=project, actor=actor, **form.caching())
             except ServiceError as e:
                 add_service_error(form, e)
             else:
@@ -328,3 +334,19 @@ class ProjectAdmin(NeverDeletedMixin, DetailPageMixin, AuditHistoryMixin, admin.
             unrevoked=project_unrevoked_token_count(project),
         )
         return TemplateResponse(request, self.revoke_tokens_template, context)
+
+    # --- the response cache ------------------------------------------------------------------------------------
+
+    def purge_cache_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET asks for confirmation; POST removes the project's cached answers (audited)."""
+        project = self.get_object_or_404(request, object_id, change=True)
+        if request.method == "POST":
+            try:
+                removed = cache_purge(project=project, actor=Actor.from_request(request))
+            except ServiceError as e:
+                messages.error(request, e.text)
+            else:
+                messages.success(request, f"Removed {removed} cached {_plural(removed, 'answer')} of “{project.name}”.")
+            return HttpResponseRedirect(self._detail_url(project))
+        context = self.page_context(request, f"Purge the response cache of “{project.name}”?", project=project)
+        return TemplateResponse(request, self.purge_cache_template, context)

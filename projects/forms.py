@@ -3,6 +3,7 @@
 from django import forms
 
 from .limits import BUDGET_MAX, BUDGET_MIN, BUDGET_PLACES, PER_MINUTE_MAX, BudgetPeriod
+from .models import CacheMode
 from .policy import POLICY_FIELDS
 from .upstreams import URL_MAX_LENGTH, UpstreamAuth
 
@@ -149,7 +150,34 @@ class ProjectPolicyForm(forms.Form):
         }
 
 
-class ProjectCreateForm(ProjectLimitsForm, ProjectPolicyForm):
+class ProjectCacheForm(forms.Form):
+    """The response cache: off unless chosen."""
+
+    cache_mode = forms.ChoiceField(
+        label="Response cache",
+        choices=CacheMode.choices,
+        initial=CacheMode.OFF,
+        required=False,
+        help_text="Off: nothing is cached. Opt-in: a request is answered from the cache when the client sends "
+        "Cache-Control: max-age=N. On: also embeddings and requests with temperature 0 or a seed, for the cache "
+        "lifetime. Answers are shared by the project's tokens, never with another project.",
+    )
+    cache_ttl_seconds = forms.IntegerField(
+        label="Cache lifetime (seconds)",
+        initial=3600,
+        required=False,
+        min_value=1,
+        help_text="How long an answer cached without the client's max-age is kept (mode On).",
+    )
+
+    CACHING = ("cache_mode", "cache_ttl_seconds")
+
+    def caching(self) -> dict:
+        """The settings given (one left blank keeps the project's, or the default)."""
+        return {name: self.cleaned_data[name] for name in self.CACHING if self.cleaned_data[name] not in (None, "")}
+
+
+class ProjectCreateForm(ProjectLimitsForm, ProjectPolicyForm, ProjectCacheForm):
     field_order = ["name", "upstream_url", "upstream_auth", "api_key"]
 
     name = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"class": "vTextField", "autofocus": True}))
@@ -161,7 +189,7 @@ class ProjectCreateForm(ProjectLimitsForm, ProjectPolicyForm):
     )
 
 
-class ProjectEditForm(ProjectLimitsForm, ProjectPolicyForm):
+class ProjectEditForm(ProjectLimitsForm, ProjectPolicyForm, ProjectCacheForm):
     field_order = ["name", "upstream_url", "upstream_auth", "api_key"]
 
     name = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"class": "vTextField"}))

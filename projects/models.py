@@ -11,6 +11,14 @@ from .policy import AccessPolicy
 from .upstreams import URL_MAX_LENGTH, UpstreamAuth, base_url, mask_api_key, validate_api_key
 
 
+class CacheMode(models.TextChoices):
+    """When a project's answers are kept in the response cache (proxy.cache)."""
+
+    OFF = "off", "Off"
+    OPT_IN = "opt-in", "Opt-in (the client sends Cache-Control: max-age)"
+    ON = "on", "On (embeddings, temperature 0 or a seed; others opt in)"
+
+
 class Project(SpendLimits, AccessPolicy):
     """An upstream (its URL, how its key is sent, the key), with the tokens handed out against it. Never deleted:
     kept for the audit.
@@ -59,6 +67,20 @@ class Project(SpendLimits, AccessPolicy):
     )
     allowed_origins = models.JSONField(
         null=True, blank=True, help_text="Browser origins (https://app.example.com) the tokens may be used from."
+    )
+
+    cache_mode = models.CharField(
+        max_length=8,
+        choices=CacheMode.choices,
+        default=CacheMode.OFF,
+        verbose_name="response cache",
+        help_text="Off: nothing is cached. Opt-in: a request is cached when the client sends Cache-Control: "
+        "max-age=N. On: also embeddings and requests with temperature 0 or a seed, for the cache lifetime.",
+    )
+    cache_ttl_seconds = models.PositiveIntegerField(
+        default=3600,
+        verbose_name="cache lifetime (seconds)",
+        help_text="How long an answer cached without the client's max-age is kept (mode On).",
     )
 
     COUNTERS = (*SpendLimits.COUNTERS, "spend_period")

@@ -15,7 +15,7 @@ from llmproxy.errors import ServiceError
 
 from . import crypto
 from .limits import clean_limits
-from .models import Project
+from .models import CacheMode, Project
 from .policy import POLICY_FIELDS, clean_policy
 from .upstreams import (
     INVALID_API_KEY,
@@ -67,10 +67,35 @@ def _set_api_key(project: Project, api_key: str) -> None:
     project.api_key_updated_at = timezone.now()
 
 
+CACHE_FIELDS = ("cache_mode", "cache_ttl_seconds")
+CACHE_TTL_MAX = 30 * 24 * 3600
+
+
+def clean_cache(options: dict) -> dict:
+    """The response cache's settings given: a mode of CacheMode, a lifetime from 1 s to 30 days."""
+    cleaned = {}
+    if (mode := options.get("cache_mode")) is not None:
+        if mode not in CacheMode.values:
+            choices = ", ".join(CacheMode.values)
+            raise ServiceError("invalid_choice", f"cache_mode must be one of {choices}.", field="cache_mode")
+        cleaned["cache_mode"] = mode
+    if (ttl := options.get("cache_ttl_seconds")) is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= CACHE_TTL_MAX:
+            raise ServiceError(
+                "invalid_value",
+                f"cache_ttl_seconds must be a whole number of seconds from 1 to {CACHE_TTL_MAX} (30 days).",
+                field="cache_ttl_seconds",
+            )
+        cleaned["cache_ttl_seconds"] = ttl
+    return cleaned
+
+
 def _split_options(options: dict) -> tuple[dict, dict]:
-    """A project's limits and its policy lists, checked; any other name is a bug of the caller."""
+    """A project's limits and its policy lists and cache settings, checked; any other name is a bug of the
+    caller."""
     policy = {name: options.pop(name) for name in POLICY_FIELDS if name in options}
-    return clean_limits(options), clean_policy(policy)
+    caching = clean_cache({name: options.pop(name) for name in CACHE_FIELDS if name in options})
+    return clean_limits(options), clean_policy(policy) | caching
 
 
 def _save(project: Project, **kwargs) -> None:
@@ -92,7 +117,8 @@ def project_create(
 ) -> Project:
     """A new, active project. `upstream_url`: blank for the global one; `upstream_auth`: None for the style its
     URL implies (projects.upstreams.default_auth). `options`: any of its limits (requests_per_minute,
-    tokens_per_minute, budget_usd, budget_period) and policy lists (projects.policy.POLICY_FIELDS)."""
+    tokens_per_minute, budget_usd, budget_period), policy lists (projects.policy.POLICY_FIELDS) and response cache
+    settings (cache_mode, cache_ttl_seconds)."""
     limits, policy = _split_options(dict(options))
     upstream_url = clean_upstream_url(upstream_url)
     auth = clean_upstream_auth(upstream_auth) if upstream_auth else default_auth(upstream_url)
@@ -175,6 +201,22 @@ def project_set_policy(*, project: Project, actor: Actor, **policy) -> Project:
 def project_set_limits(*, project: Project, actor: Actor, **limits) -> Project:
     """Set, change or remove (None) the limits given; the others stay. Each bites on the next request."""
     cleaned = clean_limits(limits)
+    with transaction.atomic(), audited(actor):
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        changed = [name for name, value in cleaned.items() if getattr(project, name) != value]
+        for name in changed:
+            setattr(project, name, cleaned[name])
+        if changed:
+            project.save(update_fields=[*changed, "updated_at"])
+    return project
+
+
+def project_set_cache(
+    *, project: Project, actor: Actor, cache_mode: str | None = None, cache_ttl_seconds: int | None = None
+) -> Project:
+    """Set the response cache's mode and/or default lifetime (None: unchanged). Bites on the next request; answers
+    already kept stay until they expire or are purged (turning the cache off stops their use at once)."""
+    cleaned = clean_cache({"cache_mode": cache_mode, "cache_ttl_seconds": cache_ttl_seconds})
     with transaction.atomic(), audited(actor):
         project = Project.objects.select_for_update().get(pk=project.pk)
         changed = [name for name, value in cleaned.items() if getattr(project, name) != value]

@@ -39,6 +39,7 @@ def log_request(row: dict, project: str) -> None:
         "refusal_code": row["refusal_code"] or None,
         "client_aborted": row["client_aborted"],
         "upstream_aborted": row["upstream_aborted"],
+        "cache": row.get("cache") or None,
     }
     logger.info("%s %s %s", row["method"], text_value(path), row["status"], extra={"fields": fields})
 

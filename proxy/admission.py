@@ -14,9 +14,10 @@ token that depends on it. (A form that checks in an `IN (SELECT …)` subquery w
 and over-admits.) A project without a per-minute request limit is not written at all, so its tokens do not queue on
 its row. On SQLite, which lets one writer in at a time, the same checks and counts are one IMMEDIATE transaction.
 
-The statement also returns where the request goes (the project's upstream URL, auth style and encrypted key) and the
-policy lists of the project and the token, as the JSON text stored (projects.policy compiles each distinct text
-once): so a change of upstream or policy, like a revocation, bites on the next request, with no cache to go stale.
+The statement also returns where the request goes (the project's upstream URL, auth style and encrypted key), its
+response cache mode and lifetime, and the policy lists of the project and the token, as the JSON text stored
+(projects.policy compiles each distinct text once): so a change of upstream, cache or policy, like a revocation,
+bites on the next request, with no copy to go stale.
 
 The token's conditions are the status rule of `tokens.models.status_conditions` for "active", plus an active
 project; a test checks that both agree. Tokens-per-minute and dollars are known only after a response: admission
@@ -92,6 +93,8 @@ class Admission:
     base_url: str = ""
     upstream_auth: str = ""
     policy: RequestPolicy = UNRESTRICTED
+    cache_mode: str = "off"  # the project's response cache (proxy.cache)
+    cache_ttl: int = 0
 
 
 # --- the statement ------------------------------------------------------------------------------------------------
@@ -127,6 +130,8 @@ _RETURNED = (
     "upstream_url",
     "upstream_auth",
     *_POLICY_COLUMNS,
+    "cache_mode",
+    "cache_ttl",
 )
 
 _CONDITIONS = """
@@ -157,7 +162,8 @@ WITH ok AS (
         t.tokens_per_minute AS t_tpm, {_USED.format(t="t.")} AS t_tpm_used,
         p.tokens_per_minute AS p_tpm, {_USED.format(t="p.")} AS p_tpm_used,
         t.budget_usd AS t_budget, p.budget_usd AS p_budget, p.upstream_url, p.upstream_auth,
-        {", ".join(f"CAST({source} AS text) AS {name}" for source, name in _POLICY_NAMED)}
+        {", ".join(f"CAST({source} AS text) AS {name}" for source, name in _POLICY_NAMED)},
+        p.cache_mode, p.cache_ttl_seconds AS cache_ttl
     FROM {token} AS t, {project} AS p
     WHERE {_CONDITIONS}
     FOR UPDATE OF t
@@ -176,7 +182,8 @@ WITH ok AS (
 )
 SELECT ok.token_id, ok.project_id, ok.api_key_ciphertext, ok.max_requests, ok.t_rpm, ok.t_rpm_count, ok.p_rpm,
     (SELECT rpm_count FROM minute), ok.t_tpm, ok.t_tpm_used, ok.p_tpm, ok.p_tpm_used, ok.t_budget, ok.p_budget,
-    ok.upstream_url, ok.upstream_auth, {", ".join(f"ok.{name}" for name in _POLICY_COLUMNS)}
+    ok.upstream_url, ok.upstream_auth, {", ".join(f"ok.{name}" for name in _POLICY_COLUMNS)}, ok.cache_mode,
+    ok.cache_ttl
 FROM ok JOIN counted ON counted.id = ok.token_id
 """
 
@@ -199,7 +206,8 @@ RETURNING id, project_id, {of_project("api_key_ciphertext")}, max_requests, requ
     {of_project("requests_per_minute")}, NULL, tokens_per_minute, {_USED.format(t="")},
     {of_project("tokens_per_minute")}, {of_project(_USED.format(t="p."))}, budget_usd, {of_project("budget_usd")},
     {of_project("upstream_url")}, {of_project("upstream_auth")},
-    {", ".join(of_project(source[2:]) if source.startswith("p.") else source[2:] for source in _POLICY_SOURCES)}
+    {", ".join(of_project(source[2:]) if source.startswith("p.") else source[2:] for source in _POLICY_SOURCES)},
+    {of_project("cache_mode")}, {of_project("cache_ttl_seconds")}
 """
     minute = f"""
 UPDATE {project} SET rpm_count = {_NEXT_MINUTE.format(t="")}, rpm_minute = %(minute)s
@@ -253,6 +261,8 @@ def _admitted(row: tuple, now: datetime) -> Admission:
         base_url=base_url(values["upstream_url"]),
         upstream_auth=values["upstream_auth"],
         policy=request_policy(*(values[name] for name in _POLICY_COLUMNS)),
+        cache_mode=values["cache_mode"],
+        cache_ttl=values["cache_ttl"],
     )
 
 
@@ -265,16 +275,32 @@ def admit(digest: str, now: datetime | None = None) -> Admission:
             cursor.execute(_postgresql_sql(), params)
             row = cursor.fetchone()
     else:
-        admit_sql, minute_sql = _sqlite_sql()
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(admit_sql, params)
-            row = cursor.fetchone()
-            if row is not None and row[_RETURNED.index("p_rpm")] is not None:
-                cursor.execute(minute_sql, {**params, "project_id": row[1]})
-                row = (*row[:7], cursor.fetchone()[0], *row[8:])
+        with transaction.atomic():
+            row = _sqlite_row(params)
     if row is not None:
         return _admitted(row, now)
     return why_refused(digest, now)
+
+
+def admit_in_transaction(digest: str) -> Admission:
+    """SQLite: `admit` inside the caller's (IMMEDIATE) transaction, so what the caller writes next commits with the
+    count (proxy.cache_store: a cache hit's count)."""
+    now = timezone.now()
+    row = _sqlite_row(_params(digest, now, connection.ops.adapt_datetimefield_value(now)))
+    if row is not None:
+        return _admitted(row, now)
+    return why_refused(digest, now)
+
+
+def _sqlite_row(params: dict) -> tuple | None:
+    admit_sql, minute_sql = _sqlite_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(admit_sql, params)
+        row = cursor.fetchone()
+        if row is not None and row[_RETURNED.index("p_rpm")] is not None:
+            cursor.execute(minute_sql, {**params, "project_id": row[1]})
+            row = (*row[:7], cursor.fetchone()[0], *row[8:])
+    return row
 
 
 async def admit_async(digest: str) -> Admission:

@@ -167,7 +167,7 @@ def _event_boundary(buffer: bytes | bytearray) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
-def _split_events(block: bytes) -> list[bytes]:
+def split_events(block: bytes) -> list[bytes]:
     """Complete events (each with its terminating blank line) from a block that ends on an event boundary."""
     events, start = [], 0
     while start < len(block):
@@ -262,7 +262,7 @@ class StreamUsage:
 
     def _scan(self, complete: bytes) -> bytes:
         return b"".join(
-            self._pass(event) if _USAGE_KEY in event else self._out(event) for event in _split_events(complete)
+            self._pass(event) if _USAGE_KEY in event else self._out(event) for event in split_events(complete)
         )
 
     def _pass(self, event: bytes) -> bytes:

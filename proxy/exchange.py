@@ -13,7 +13,9 @@ from . import cors, errors, headers
 from .writer import Record, writer
 
 # The request headers the proxy itself reads (all of them are forwarded, or dropped, by `headers`).
-READ_HEADERS = frozenset({b"authorization", b"x-api-key", b"origin", b"x-request-id", b"content-type"})
+READ_HEADERS = frozenset(
+    {b"authorization", b"x-api-key", b"origin", b"x-request-id", b"content-type", b"cache-control"}
+)
 
 
 def read_headers(scope: dict) -> dict[bytes, str]:
@@ -40,6 +42,7 @@ class Exchange:
     token_id: UUID | None = None
     project_id: UUID | None = None
     model: str = ""
+    cache: str = ""  # X-Cache, when the project's response cache is on (proxy.cache.Result)
 
     @classmethod
     def from_scope(cls, scope: dict, read: dict[bytes, str]) -> "Exchange":
@@ -90,6 +93,7 @@ class Exchange:
                 token_id=self.token_id,
                 token_prefix=self.token_prefix,
                 model=self.model,
+                cache=self.cache,
                 **fields,
             )
         )

@@ -10,11 +10,22 @@ from django.db import connections, models
 from django.db.models.sql import Query
 
 DAILY_KEY = ("day", "project", "token", "model")
-DAILY_SUMS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd")
+DAILY_SUMS = (
+    "requests",
+    "errors",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "cache_hits",
+    "saved_usd",
+)
 
 
 def daily_sums(rows: Iterable[dict]) -> dict[tuple[date, UUID | None, UUID | None, str], list[int]]:
-    """The rows of a batch summed per (UTC day, project, token, model), in the order of `DAILY_SUMS`."""
+    """The rows of a batch summed per (UTC day, project, token, model), in the order of `DAILY_SUMS`. The tokens are
+    the upstream's: an answer from the response cache counts as a request and a hit, its tokens as what it saved."""
     groups: dict[tuple[date, UUID | None, UUID | None, str], list[int]] = {}
     for row in rows:
         key = (row["time"].astimezone(UTC).date(), row.get("project_id"), row.get("token_id"), row.get("model", ""))
@@ -22,6 +33,10 @@ def daily_sums(rows: Iterable[dict]) -> dict[tuple[date, UUID | None, UUID | Non
         sums[0] += 1
         sums[1] += row["status"] >= 400
         sums[2] += bool(row.get("streamed"))
+        if row.get("cached"):
+            sums[7] += 1
+            sums[8] += row.get("saved_usd") or 0
+            continue
         sums[3] += row.get("prompt_tokens") or 0
         sums[4] += row.get("completion_tokens") or 0
         sums[5] += row.get("total_tokens") or 0

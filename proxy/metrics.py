@@ -61,6 +61,11 @@ COMPLETION_TOKENS = Counter(
 STREAMS_IN_FLIGHT = Gauge(
     "llmproxy_streams_in_flight", "Streamed responses being relayed right now.", multiprocess_mode="livesum"
 )
+CACHE_REQUESTS = Counter(
+    "llmproxy_cache_requests",
+    "Requests of projects with the response cache on, by X-Cache result (hit, miss, bypass, stored).",
+    ["project", "result"],
+)
 REFUSALS = Counter("llmproxy_refusals", "Requests the proxy refused itself, by refusal code.", ["code"])
 BUDGET_ALERTS = Counter(
     "llmproxy_budget_alerts", "Project budgets crossing 80 or 100 % in a period.", ["project", "threshold"]
@@ -160,6 +165,8 @@ def count(row: dict, project: str) -> None:
         COMPLETION_TOKENS.labels(project, model).inc(row["completion_tokens"])
     if row["refusal_code"]:
         REFUSALS.labels(row["refusal_code"]).inc()
+    if row.get("cache"):
+        CACHE_REQUESTS.labels(project, row["cache"].lower()).inc()
 
 
 def count_costs(rows: list[dict]) -> None:

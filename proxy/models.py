@@ -51,6 +51,15 @@ class UsageRecord(models.Model):
         verbose_name="cost (USD)",
         help_text="The reported usage at the model's price at the time; blank when the model had no price.",
     )
+    cached = models.BooleanField(default=False, help_text="Answered from the response cache: it cost nothing.")
+    saved_usd = models.DecimalField(
+        max_digits=20,
+        decimal_places=12,
+        null=True,
+        blank=True,
+        verbose_name="saved (USD)",
+        help_text="For an answer from the cache: what its tokens would have cost at the model's price.",
+    )
     duration_ms = models.FloatField(help_text="From arrival to the last byte sent (or the cut).")
     ttfb_ms = models.FloatField(null=True, blank=True, help_text="From arrival to the first body byte sent.")
     upstream_ms = models.FloatField(null=True, blank=True, help_text="From sending upstream to its last byte.")
@@ -112,6 +121,10 @@ class UsageDaily(models.Model):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     total_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=26, decimal_places=12, default=0, verbose_name="cost (USD)")
+    cache_hits = models.PositiveBigIntegerField(default=0, help_text="Requests answered from the response cache.")
+    saved_usd = models.DecimalField(
+        max_digits=26, decimal_places=12, default=0, verbose_name="saved (USD)", help_text="What the hits saved."
+    )
 
     objects = UsageDailyManager()
 
@@ -188,3 +201,26 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project} reached {self.threshold}% of its {self.period} budget"
+
+
+class CacheEntry(models.Model):
+    """One stored answer of the response cache's database backend (proxy.cache): found by its key, which names its
+    project, so two projects never share one. Expired rows are never served and are deleted by `purge_cache
+    --expired` (and `purge_usage`)."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    project = log_reference(Project)
+    model = models.CharField(max_length=200, blank=True)
+    path = models.CharField(max_length=500)
+    content_type = models.CharField(max_length=200, blank=True)
+    streamed = models.BooleanField(default=False)
+    body = models.BinaryField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "cached answer"
+        indexes = [models.Index(fields=["project", "model"], name="cacheentry_project_model")]
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.model}"

@@ -25,8 +25,9 @@ import psycopg
 from django.db import DatabaseError
 from psycopg_pool import PoolTimeout
 
-from . import metrics, settlement
+from . import cache_store, metrics, settlement
 from .admission import Allowance
+from .cache import Keeping
 from .counting import StreamUsage, TokenCounts, counts_from_json_tail
 from .exchange import Exchange
 from .prices import Price
@@ -65,14 +66,17 @@ class Relay:
         stream_usage: StreamUsage | None,
         settle: Settlement | None = None,
         rewrite: Callable[[bytes], bytes] | None = None,
+        keeping: Keeping | None = None,
     ) -> None:
-        """`rewrite`: the body is read whole and what it returns is sent instead (a model list the policy filters)."""
+        """`rewrite`: the body is read whole and what it returns is sent instead (a model list the policy filters).
+        `keeping`: the upstream's bytes are kept for the response cache, and stored once they have arrived whole."""
         self.exchange = exchange
         self.upstream = upstream
         self.sent_at = sent_at
         self.stream_usage = stream_usage
         self.settle = settle
         self.rewrite = rewrite
+        self.keeping = keeping
         self.whole = bytearray()
         content_type = upstream.headers.get("content-type", "")
         json_body = content_type.startswith("application/json") and rewrite is None
@@ -91,6 +95,8 @@ class Relay:
         held = b""  # the last chunk of a body whose end waits for the settlement
         try:
             async for chunk in self.upstream.aiter_raw():
+                if self.keeping is not None:
+                    self.keeping.add(chunk)
                 if self.rewrite is not None:
                     self.whole += chunk
                     if len(self.whole) > REWRITE_MAX_BYTES:
@@ -108,6 +114,8 @@ class Relay:
                     if self.first_byte_at is None:
                         self.first_byte_at = time.perf_counter()
                     yield chunk
+            if self.keeping is not None:
+                self._keep()
             if self.rewrite is not None:
                 held = self.rewrite(bytes(self.whole))
             if self.stream_usage is not None:
@@ -130,6 +138,15 @@ class Relay:
             raise UpstreamInterrupted("the upstream broke off the response body") from None
         finally:
             await self.finish(aborted=aborted, cut=cut)
+
+    def _keep(self) -> None:
+        """The whole answer arrived: into the response cache, if it stayed within the size cap."""
+        keeping = self.keeping
+        if keeping.body is None:
+            return
+        plan = keeping.plan
+        entry = cache_store.Entry(keeping.content_type, bytes(keeping.body), keeping.streamed, time.time())
+        cache_store.put(cache_store.Stored(plan.key, plan.project_id, plan.model, plan.path, plan.ttl, entry))
 
     def watch(self, task: asyncio.Task | None) -> None:
         """Close the upstream even if the response is dropped before its body is ever iterated."""

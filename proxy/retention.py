@@ -1,5 +1,6 @@
-"""Retention: usage records and security events older than the retention period are deleted, in small batches, and
-login throttles that no longer change anything (`llmproxy.security.throttle.stale_throttles`).
+"""Retention: usage records and security events older than the retention period are deleted, in small batches, as
+are login throttles that no longer change anything (`llmproxy.security.throttle.stale_throttles`) and expired answers
+of the response cache's database backend.
 
 Each batch is one short statement (`DELETE … WHERE id IN (SELECT id … ORDER BY time LIMIT n)`) in its own
 transaction, so the proxy's writers never wait long behind a purge, whatever the size of the backlog. The per-day
@@ -18,7 +19,7 @@ from llmproxy.audit import Actor
 from llmproxy.security.models import SecurityEvent
 from llmproxy.security.throttle import stale_throttles
 
-from .models import UsageRecord
+from .models import CacheEntry, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class PurgeResult:
     security_events: int
     login_throttles: int
     dry_run: bool
+    cache_entries: int = 0
 
 
 def usage_purge(
@@ -52,14 +54,18 @@ def usage_purge(
     records = UsageRecord.objects.filter(time__lt=cutoff).order_by("time")
     events = SecurityEvent.objects.filter(last_seen__lt=cutoff).order_by("last_seen")
     throttles = stale_throttles(now)
+    expired = expired_cache_entries(now)
     if dry_run:
-        return PurgeResult(cutoff, records.count(), events.count(), throttles.count(), dry_run=True)
+        return PurgeResult(
+            cutoff, records.count(), events.count(), throttles.count(), dry_run=True, cache_entries=expired.count()
+        )
     result = PurgeResult(
         cutoff,
         _delete_in_batches(records, batch_size),
         _delete_in_batches(events, batch_size),
         _delete_in_batches(throttles, batch_size),
         dry_run=False,
+        cache_entries=_delete_in_batches(expired, batch_size),
     )
     logger.info(
         "usage purge by %s via %s: deleted %d usage records and %d security events older than %s (%d days), "
@@ -72,7 +78,18 @@ def usage_purge(
         days,
         result.login_throttles,
     )
+    if result.cache_entries:
+        logger.info("usage purge: deleted %d expired cached answers", result.cache_entries)
     return result
+
+
+def expired_cache_entries(now: datetime | None = None) -> QuerySet[CacheEntry]:
+    """The database backend's answers past their expiry (never served; Redis expires its own)."""
+    return CacheEntry.objects.filter(expires_at__lte=now or timezone.now()).order_by("expires_at")
+
+
+def expired_cache_purge(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    return _delete_in_batches(expired_cache_entries(), batch_size)
 
 
 def _delete_in_batches(rows: QuerySet, batch_size: int) -> int:

@@ -142,7 +142,8 @@ def recent_requests(
 
 
 USAGE_GROUPS = ("day", "token", "model")
-REPORTED = (*SUMMED, "total_tokens")
+REPORTED = (*SUMMED, "total_tokens", "cache_hits", "saved_usd")
+DOLLARS = frozenset({"cost_usd", "saved_usd"})
 
 
 @dataclass(frozen=True)
@@ -188,12 +189,35 @@ def usage_summary(
         result = [{"model": row["model"], **_reported(row)} for row in grouped]
     else:
         raise ValueError(f"group_by must be one of {USAGE_GROUPS}")
-    totals = {name: sum((row[name] for row in result), Decimal(0) if name == "cost_usd" else 0) for name in REPORTED}
+    totals = {name: sum((row[name] for row in result), Decimal(0) if name in DOLLARS else 0) for name in REPORTED}
     return UsageSummary(rows=result, totals=totals)
 
 
 def _reported(row: dict[str, Any]) -> dict[str, int | Decimal]:
-    return {name: row.get(f"sum_{name}") or (Decimal(0) if name == "cost_usd" else 0) for name in REPORTED}
+    return {name: row.get(f"sum_{name}") or (Decimal(0) if name in DOLLARS else 0) for name in REPORTED}
+
+
+# --- the response cache -----------------------------------------------------------------------------------------
+
+CACHE_SAVINGS_DAYS = 30
+
+
+@dataclass(frozen=True)
+class CacheSavings:
+    """Requests answered from the response cache over the last `days` days, and what they would have cost."""
+
+    hits: int
+    saved_usd: Decimal
+    days: int
+
+
+def cache_savings(
+    *, project: Project | UUID | None = None, token: Token | UUID | None = None, days: int = CACHE_SAVINGS_DAYS
+) -> CacheSavings:
+    row = _daily(project=project, token=token, since=first_day(days)).aggregate(
+        hits=Sum("cache_hits"), saved=Sum("saved_usd")
+    )
+    return CacheSavings(hits=row["hits"] or 0, saved_usd=row["saved"] or Decimal(0), days=days)
 
 
 # --- spend ------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Every change to the model price table: validated, written and audited in one transaction (rules: proxy.prices).
+"""Every change to the model price table: validated, written and audited in one transaction (rules: proxy.prices),
+and the response cache's purge.
 
-A change is used by this process at once and by every other worker within PRICE_CACHE_SECONDS.
+A price change is used by this process at once and by every other worker within PRICE_CACHE_SECONDS.
 """
 
 from collections.abc import Iterable
@@ -9,9 +10,11 @@ from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
-from llmproxy.audit import Actor, audited
+from llmproxy.audit import Actor, audited, log_updates
 from llmproxy.errors import ServiceError
+from projects.models import Project
 
+from . import cache_store
 from .models import ModelPrice
 from .prices import clean_model, clean_price, clean_source, forget_price_table
 
@@ -170,3 +173,40 @@ def prices_load(
                     report.removed.append(model)
         forget_price_table()
     return report
+
+
+# --- the response cache ------------------------------------------------------------------------------------------
+
+CACHE_PURGE_PATH_MAX = 500
+
+
+def _clean_purge_path(path: str | None) -> str | None:
+    """A path as the proxy serves it (`/chat/completions`), also given with its `/v1`."""
+    if not path:
+        return None
+    path = path.strip()
+    if path.startswith("/v1/"):
+        path = path[len("/v1") :]
+    if not path.startswith("/") or len(path) > CACHE_PURGE_PATH_MAX:
+        raise ServiceError(
+            "invalid_path", "path must be an API path such as /chat/completions (with or without /v1).", field="path"
+        )
+    return path
+
+
+def cache_purge(*, project: Project, actor: Actor, model: str | None = None, path: str | None = None) -> int:
+    """Remove the project's answers from the response cache (only those of a model, or of a path, when given), and
+    audit it on the project. Returns how many were removed. Requests after it go upstream until answers are kept
+    again."""
+    path = _clean_purge_path(path)
+    model = (model or "").strip() or None
+    which = ", ".join(part for part in (f"model {model}" if model else "", f"path {path}" if path else "") if part)
+    with transaction.atomic():
+        try:
+            removed = cache_store.purge(project.pk, model=model, path=path)
+        except cache_store.PURGE_ERRORS:
+            raise ServiceError(
+                "cache_unavailable", "The response cache cannot be reached (CACHE_URL); nothing was purged."
+            ) from None
+        log_updates([project], actor, {"response_cache": [which or "all answers", f"purged: {removed} removed"]})
+    return removed

@@ -7,6 +7,10 @@ back what admission counted.
   bytes reach the client, so a client that sends its next request after the previous answer sees it refused as soon
   as the limit is reached, never one request later. Other requests are charged by the usage writer with their
   record, in its transaction, once (the record's key makes a retried write charge nothing twice).
+- **A hit**: an answer from the response cache cost nothing: its count against the token's request limit is given
+  back (it still counts in the per-minute request limits) and the token's `cache_hit_count` goes up, before the
+  answer goes out (proxy.cache_store, with the lookup). Between admission and this step the request counts, so a
+  token one request short of its limit may see a concurrent request refused.
 - **Give back**: when the upstream answers 5xx, cannot be reached or times out, the request's count against the
   token's request limit and the per-minute request limits is given back (in the minute it was counted in), so an
   upstream's failure does not use up quota (the SDKs retry those). Also before the answer goes out.
@@ -71,6 +75,27 @@ def _give_back_sql() -> tuple[str, str]:
         f"{_GIVE_BACK} WHERE id = %(token)s",
         f"UPDATE {project} SET {_GIVE_BACK} WHERE id = %(project)s",
     )
+
+
+@cache
+def hit_sql() -> str:
+    """The token's side of a cache hit (the caller may add conditions after the WHERE's)."""
+    return (
+        f"UPDATE {Token._meta.db_table} SET request_count = CASE WHEN request_count > 0 THEN request_count - 1 "
+        "ELSE 0 END, cache_hit_count = cache_hit_count + 1 WHERE id = %(token)s"
+    )
+
+
+def count_hit(token_id: UUID) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(hit_sql(), {"token": _id(token_id, False)})
+
+
+async def count_hit_async(token_id: UUID) -> None:
+    if not db.is_postgresql():
+        await db.run(count_hit, token_id)
+        return
+    await db.on_loop_connection(lambda conn: conn.execute(hit_sql(), {"token": token_id}))
 
 
 @cache

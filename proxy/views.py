@@ -3,6 +3,7 @@ pass the response on as it comes.
 
 The order is cheapest first: the path, the allow-list and the token's shape need no database; admission is one
 statement (plus one more only to explain a refusal) that also returns the project's upstream and the policy lists;
+a project with the response cache on looks the request up next (proxy.cache), and a hit is answered from there; else
 the database is not touched again until the usage record, which a background thread writes after the last byte (a
 request refused after admission, by the policy or the upstream, first gives its count back).
 """
@@ -10,7 +11,8 @@ request refused after admission, by the policy or the upstream, first gives its 
 import asyncio
 import logging
 import time
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import lru_cache, partial
 
 import httpx
 import psycopg
@@ -26,7 +28,22 @@ from projects.policy import UNRESTRICTED, RequestPolicy
 from projects.upstreams import auth_header
 from tokens import secret
 
-from . import admission, cors, endpoints, errors, headers, model_list, payload, prices, settlement, upstream
+from . import (
+    admission,
+    cache,
+    cache_store,
+    cors,
+    db,
+    endpoints,
+    errors,
+    headers,
+    model_list,
+    payload,
+    prices,
+    replay,
+    settlement,
+    upstream,
+)
 from .counting import StreamUsage
 from .exchange import Exchange, read_headers, token_prefix
 from .relay import SETTLE_ERRORS, Relay, Settlement
@@ -142,8 +159,25 @@ async def _forward(
     if not secret.TOKEN.is_well_formed(presented):
         return exchange.refuse(errors.invalid_token_format())
 
+    digest = secret.digest(presented)
+    query = request.META.get("QUERY_STRING", "")
+    check_request = partial(
+        _check,
+        exchange,
+        api_path=api_path,
+        raw_path=raw_path,
+        body=request.body,
+        content_type=read.get(b"content-type", ""),
+        query=query,
+        cache_control=read.get(b"cache-control", ""),
+    )
+    checked = found = None
+    looked_up = False
     try:
-        admitted = await admission.admit_async(secret.digest(presented))
+        if cache_store.in_admission(digest):
+            admitted, checked, looked_up, found = await db.run(cache_store.admit_and_take, digest, check_request)
+        else:
+            admitted = await admission.admit_async(digest)
     except (DatabaseError, psycopg.Error, PoolTimeout) as exc:
         logger.error(
             "admission failed for request %s: database unavailable (%s)", exchange.request_id, type(exc).__name__
@@ -152,29 +186,24 @@ async def _forward(
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
     if admitted.refusal is not None:
         return exchange.refuse(admitted.refusal)
-    policy = admitted.policy
-    if policy is not UNRESTRICTED and (refusal := _policy_refusal(exchange, policy, method, api_path)):
-        return await _give_back_and_refuse(exchange, admitted, refusal)
-    allowance = admitted.allowance
+    cache_store.remember(digest, admitted.cache_mode)
+    if checked is None:
+        checked = check_request(admitted)
+    if checked.refusal is not None:
+        return await _give_back_and_refuse(exchange, admitted, checked.refusal)
+    policy, sent, plan, allowance = admitted.policy, checked.sent, checked.plan, admitted.allowance
+    if plan is not None and plan.read:
+        if not looked_up:
+            plan, found = await _look_up(exchange, admitted, plan)
+        if found is not None:
+            rewrite = model_list.rewriter(policy) if checked.lists_models else None
+            return replay.response(exchange, found, allowance, strip=sent.usage_injected, rewrite=rewrite)
     try:
         api_key = _upstream_key(admitted.api_key_ciphertext)
     except crypto.KeyDecryptionError:
         logger.error("the upstream key of project %s cannot be decrypted with ENCRYPTION_KEYS", admitted.project_id)
         return await _give_back_and_refuse(exchange, admitted, errors.upstream_key_unusable())
-
-    forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
-    sent = payload.inspect(request.body, read.get(b"content-type", ""), api_path, policy)
-    exchange.model = sent.model
-    lists_models = False
-    if policy.reads_model:
-        if sent.duplicate_model:
-            return await _give_back_and_refuse(exchange, admitted, errors.duplicate_model())
-        named = sent.model
-        if method == "GET" and not named:
-            named, forwarded_path = _model_in_path(api_path, forwarded_path, policy)
-            lists_models = api_path == "/models"
-        if named and (sent.model_too_long or not policy.allows_model(named)):
-            return await _give_back_and_refuse(exchange, admitted, errors.model_not_allowed(named))
+    forwarded_path, lists_models = checked.forwarded_path, checked.lists_models
     price = None
     if allowance.charges_before_end:
         price = (await prices.price_table()).lookup(sent.model)
@@ -183,7 +212,7 @@ async def _forward(
             return await _give_back_and_refuse(exchange, admitted, errors.model_not_priced(sent.model))
     upstream_request = upstream.build_request(
         method,
-        upstream.url(admitted.base_url, forwarded_path, request.META.get("QUERY_STRING", "")),
+        upstream.url(admitted.base_url, forwarded_path, query),
         headers.upstream_request_headers(
             scope["headers"],
             auth=auth_header(admitted.upstream_auth, api_key),
@@ -214,7 +243,22 @@ async def _forward(
     if is_event_stream:
         stream_usage = StreamUsage(strip=strip, hold=settle is not None and not give_back)
     rewrite = model_list.rewriter(policy) if lists_models and response.status_code == 200 else None
-    relay = Relay(exchange, response, sent_at=sent_at, stream_usage=stream_usage, settle=settle, rewrite=rewrite)
+    keeping = None
+    if plan is not None:
+        if cache.storable(response.status_code, response.headers, response.headers.get("content-length")):
+            keeping = cache.Keeping(plan, response.headers.get("content-type", ""), is_event_stream)
+            exchange.cache = cache.Result.STORED
+        else:
+            exchange.cache = cache.Result.MISS if plan.read else cache.Result.BYPASS
+    relay = Relay(
+        exchange,
+        response,
+        sent_at=sent_at,
+        stream_usage=stream_usage,
+        settle=settle,
+        rewrite=rewrite,
+        keeping=keeping,
+    )
     relay.watch(asyncio.current_task())
     client_response = StreamingHttpResponse(relay.body(), status=response.status_code)
     del client_response["Content-Type"]  # only what the upstream sent
@@ -224,7 +268,83 @@ async def _forward(
     )
     for name, value in (upstream_headers | own_limits | exchange.headers()).items():
         client_response[name] = value
+    if exchange.cache:
+        client_response["X-Cache"] = exchange.cache
     client_response["Server-Timing"] = (
         f"proxy;dur={(sent_at - exchange.started) * 1000:.2f}, upstream;dur={(headers_at - sent_at) * 1000:.2f}"
     )
     return client_response
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the project's policy says about the request once its token is admitted: refused, or what is sent where
+    (and, with the response cache on, the cache's plan for it)."""
+
+    refusal: errors.Refusal | None = None
+    sent: payload.Payload | None = None
+    forwarded_path: str = ""
+    lists_models: bool = False
+    plan: cache.Plan | None = None
+
+
+def _check(
+    exchange: Exchange,
+    admitted: admission.Admission,
+    *,
+    api_path: str,
+    raw_path: bytes,
+    body: bytes,
+    content_type: str,
+    query: str,
+    cache_control: str,
+) -> Checked:
+    """The policy's checks, the body read, the cache's plan: no I/O, so on SQLite, for a project with the cache on,
+    it runs on the database thread inside admission's transaction (proxy.cache_store.admit_and_take)."""
+    method, policy = exchange.method, admitted.policy
+    if policy is not UNRESTRICTED and (refusal := _policy_refusal(exchange, policy, method, api_path)):
+        return Checked(refusal)
+    forwarded_path = raw_path.decode("latin-1")[len("/v1") :]
+    sent = payload.inspect(body, content_type, api_path, policy)
+    exchange.model = sent.model
+    lists_models = False
+    if policy.reads_model:
+        if sent.duplicate_model:
+            return Checked(errors.duplicate_model())
+        named = sent.model
+        if method == "GET" and not named:
+            named, forwarded_path = _model_in_path(api_path, forwarded_path, policy)
+            lists_models = api_path == "/models"
+        if named and (sent.model_too_long or not policy.allows_model(named)):
+            return Checked(errors.model_not_allowed(named))
+    plan = None
+    if admitted.cache_mode != "off":
+        plan = cache.plan(
+            mode=admitted.cache_mode,
+            default_ttl=admitted.cache_ttl,
+            project_id=admitted.project_id,
+            method=method,
+            api_path=api_path,
+            query=query,
+            body=body,
+            model=sent.model,
+            cache_control=cache_control,
+        )
+        if plan.key is None or not cache_store.available():
+            exchange.cache = cache.Result.BYPASS
+            plan = None
+    return Checked(None, sent, forwarded_path, lists_models, plan)
+
+
+async def _look_up(
+    exchange: Exchange, admitted: admission.Admission, plan: cache.Plan
+) -> tuple[cache.Plan | None, cache_store.Entry | None]:
+    """The stored answer, counted as a hit (or none); the plan becomes None when the cache cannot be read now."""
+    try:
+        return plan, await cache_store.take(plan.key, admitted.token_id)
+    except cache_store.Unavailable:
+        exchange.cache = cache.Result.BYPASS
+        return None, None
+    except SETTLE_ERRORS as exc:
+        logger.warning("could not read the response cache for request %s (%s)", exchange.request_id, type(exc).__name__)
+        return plan, None

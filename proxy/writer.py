@@ -75,6 +75,8 @@ class Record:
     security_event: tuple[str, str] | None = None  # (kind, reason) when the refusal is a security event
     cost_usd: Decimal | None = None  # known when the relay charged it; else the writer prices it
     charged: bool = False  # the relay charged the token and project already (see proxy.settlement)
+    cached: bool = False  # answered from the response cache: costs nothing, saves what it would have cost
+    cache: str = ""  # X-Cache (proxy.cache.Result), for the metrics
 
 
 _COPIED = tuple(f.name for f in fields(Record) if f.name not in ("counts", "json_tail"))
@@ -93,19 +95,26 @@ def _row(record: Record) -> dict:
     row["uid"] = uuid.uuid4()
     if counts is not None:
         row.update(vars(counts))
+    if record.cached:
+        row["cost_usd"] = Decimal(0)
     return row
 
 
 def _price(rows: list[dict]) -> None:
-    """Rows with counts the relay did not price get their cost at the models' prices. Done where the rows are
-    written, on a database thread: a price table that cannot be read then fails the write, which spills the rows to
-    be priced when they are written back, instead of holding up the writer thread while the database is away."""
+    """Rows with counts the relay did not price get their cost (or, answered from the cache, their saving) at the
+    models' prices. Done where the rows are written, on a database thread: a price table that cannot be read then
+    fails the write, which spills the rows to be priced when they are written back, instead of holding up the
+    writer thread while the database is away."""
     table = None
     for row in rows:
-        if row["cost_usd"] is None and "prompt_tokens" in row:
+        if "prompt_tokens" not in row:
+            continue
+        # A cache hit cost nothing (cost_usd 0); what it would have cost is what it saved.
+        into = "saved_usd" if row.get("cached") else "cost_usd"
+        if row.get(into) is None:
             table = table or price_table_sync()
             if (price := table.lookup(row["model"])) is not None:
-                row["cost_usd"] = price.cost(
+                row[into] = price.cost(
                     input_tokens=row["prompt_tokens"] or 0,
                     cached_input_tokens=row["cached_tokens"] or 0,
                     output_tokens=row["completion_tokens"] or 0,

@@ -27,6 +27,7 @@ Request headers steer it, so a test can ask through the proxy for any behaviour:
     x-mock-delta-usage: full    a streamed message's message_delta repeats the input and cache counts (as newer API
                                 versions do; by default it has only output_tokens)
     x-mock-usage-first: 1       a message's usage before its content, not after
+    x-mock-cache-control: no-store   the answer's Cache-Control header (JSON answers)
 
 Run on its own (for benchmarks): `python tests/mock_upstream.py --port 9000 [--auth x-api-key]`.
 """
@@ -261,11 +262,11 @@ class MockUpstream:
         if route == "/chat/completions" and request.method == "POST":
             if payload.get("stream"):
                 return await self._stream_chat(request, payload, reader, writer)
-            return await self._json(writer, 200, _chat_completion(payload))
+            return await self._json_for(request, writer, _chat_completion(payload))
         if route == "/completions" and request.method == "POST":
             return await self._json(writer, 200, _completion(payload))
         if route == "/embeddings" and request.method == "POST":
-            return await self._json(writer, 200, _embeddings(payload))
+            return await self._json_for(request, writer, _embeddings(payload))
         if route == "/models" and request.method == "GET":
             if self.auth == "x-api-key":
                 return await self._anthropic_json(writer, 200, _anthropic_models())
@@ -289,6 +290,12 @@ class MockUpstream:
 
     async def _json(self, writer, status: int, document) -> bool:
         return await self._send(writer, status, "application/json", json.dumps(document).encode())
+
+    async def _json_for(self, request: Received, writer, document) -> bool:
+        """A 200 JSON answer, with the Cache-Control the request asks for."""
+        said = request.header("x-mock-cache-control")
+        extra = f"cache-control: {said}\r\n" if said else ""
+        return await self._send(writer, 200, "application/json", json.dumps(document).encode(), extra)
 
     async def _anthropic_json(self, writer, status: int, document) -> bool:
         body = json.dumps(document).encode()

@@ -30,6 +30,8 @@ class TcpRelay:
     def cut(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, so the port is free at once
             listener.close()
         with self._lock:
             for sock in self._open:

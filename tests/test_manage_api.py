@@ -606,7 +606,8 @@ def test_a_minting_key_cannot_touch_other_projects_or_anything_else(api, minting
     other_token = make_token(other).token
     own_token = make_token(own).token
     forbidden = {
-        "error": "minting keys may only create, list, read and revoke tokens of their own project",
+        "error": "minting keys may only create, list, read and revoke tokens of their own project (and purge its "
+        "response cache)",
         "code": "forbidden",
     }
 

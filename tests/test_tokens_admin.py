@@ -401,7 +401,7 @@ def test_detail_page_shows_everything_and_edits_nothing(admin_client, make_proje
     assert "Detail Project" in html and "Bob&#x27;s script" in html
     assert "token-status-active" in html and "by operator" in html and "Never" in html
     assert re.search(r'class="usage-upstream">3 ', html)
-    assert "cache" not in html.lower()  # nothing is cached yet: the page must not claim otherwise
+    assert re.search(r'class="cache-mode">Off ', html) and re.search(r'class="cache-hits-total">0<', html)
     assert re.search(r'class="usage-limit">10<', html)
     assert re.search(r'class="usage-remaining">7<', html)
     for url in (

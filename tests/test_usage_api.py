@@ -14,7 +14,16 @@ from proxy.writer import Record, UsageWriter
 from tokens.minting import minting_key_create
 
 MANAGEMENT_TOKEN = "test-management-token-usage-0123"
-ZERO = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": "0", "total_tokens": 0}
+ZERO = {
+    "requests": 0,
+    "errors": 0,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "cost_usd": "0",
+    "total_tokens": 0,
+    "cache_hits": 0,
+    "saved_usd": "0",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +56,8 @@ def sums(requests: int, errors: int = 0) -> dict[str, int | str]:
         "completion_tokens": 2 * requests,
         "cost_usd": format((Decimal("0.01") * requests).normalize(), "f"),  # as the API writes it: exact, no zeros
         "total_tokens": 12 * requests,
+        "cache_hits": 0,
+        "saved_usd": "0",
     }
 
 
@@ -178,6 +189,8 @@ def test_requests_written_by_the_proxy_writer_are_summed(usage, make_project, ma
             "completion_tokens": 8,
             "cost_usd": "0",
             "total_tokens": 14,
+            "cache_hits": 0,
+            "saved_usd": "0",
         }
     ]
 

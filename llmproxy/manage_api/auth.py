@@ -17,7 +17,9 @@ from tokens.models import MintingKey
 from .errors import ApiError
 
 DISABLED = "management API disabled: MANAGEMENT_TOKEN is not set"
-MINTING_KEY_SCOPE = "minting keys may only create, list, read and revoke tokens of their own project"
+MINTING_KEY_SCOPE = (
+    "minting keys may only create, list, read and revoke tokens of their own project (and purge its response cache)"
+)
 
 
 @dataclass(frozen=True)

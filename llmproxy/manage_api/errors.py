@@ -48,7 +48,7 @@ def not_found(what: str) -> ApiError:
 
 # A service's refusal as an answer: its code gives the status (400 unless listed here), and the field it names is
 # the request field as the API calls it; a refusal that names none points at the request field that asked for it.
-SERVICE_STATUS = {"duplicate_name": 409, "project_inactive": 403, "token_expired": 409}
+SERVICE_STATUS = {"duplicate_name": 409, "project_inactive": 403, "token_expired": 409, "cache_unavailable": 503}
 SERVICE_FIELDS = {"project": "project_id"}
 FIELD_OF_CODE = {"token_expired": "is_active"}
 

@@ -5,8 +5,10 @@ from datetime import date
 from django.conf import settings
 
 from projects.limits import BUDGET_MAX, BUDGET_MIN, PER_MINUTE_MAX, BudgetPeriod
+from projects.models import CacheMode
 from projects.policy import MAX_ENTRIES, ORIGIN_MAX_LENGTH
 from projects.policy import MODEL_MAX_LENGTH as POLICY_MODEL_MAX_LENGTH
+from projects.services import CACHE_TTL_MAX
 from projects.upstreams import INVALID_API_KEY, KEY_MAX_LENGTH, URL_MAX_LENGTH, UpstreamAuth
 from proxy.prices import MAX_PRICE, MODEL_MAX_LENGTH, MODEL_PATTERN, MODEL_RULE, SOURCE_MAX_LENGTH
 from proxy.selectors import USAGE_GROUPS, utc_today
@@ -144,6 +146,21 @@ TOKEN_POLICY = {
 
 PROJECT_LIST = Query(PAGING)
 
+PROJECT_CACHE = {
+    "cache_mode": Choice(
+        description="The response cache: `off` (the default; nothing cached), `opt-in` (a request is answered from "
+        "the cache when the client sends `Cache-Control: max-age=N`) or `on` (also embeddings and requests with "
+        "`temperature` 0 or a `seed`, for cache_ttl_seconds). Answers are shared by the project's tokens, never "
+        "with another project.",
+        choices=tuple(CacheMode.values),
+    ),
+    "cache_ttl_seconds": Integer(
+        description="How long an answer cached without the client's max-age is kept (mode `on`); default 3600.",
+        minimum=1,
+        maximum=CACHE_TTL_MAX,
+    ),
+}
+
 
 def _per_minute(what: str) -> Integer:
     return Integer(
@@ -185,7 +202,7 @@ TOKEN_LIMITS = {
 }
 
 PROJECT_CREATE = Body(
-    {"name": PROJECT_NAME, "api_key": API_KEY, **UPSTREAM, **PROJECT_LIMITS, **PROJECT_POLICY},
+    {"name": PROJECT_NAME, "api_key": API_KEY, **UPSTREAM, **PROJECT_LIMITS, **PROJECT_POLICY, **PROJECT_CACHE},
     required=("name", "api_key"),
 )
 
@@ -213,6 +230,7 @@ PROJECT_UPDATE = Body(
         ),
         **PROJECT_LIMITS,
         **PROJECT_POLICY,
+        **PROJECT_CACHE,
     },
     min_properties=1,
     rule_schema={
@@ -220,6 +238,20 @@ PROJECT_UPDATE = Body(
         "then": {"properties": {"is_active": {"const": False}}, "required": ["is_active"]},
     },
     check=_check_revoke_tokens,
+)
+
+CACHE_PURGE = Body(
+    {
+        "project_id": Uuid(description="The project whose cached answers are removed."),
+        "model": String(description="Only the answers of this model (as forwarded).", max_length=200, min_length=1),
+        "path": String(
+            description="Only the answers of this API path (`/chat/completions`, with or without `/v1`).",
+            max_length=500,
+            pattern="/.*",
+            pattern_message="path must be an API path such as /chat/completions",
+        ),
+    },
+    required=("project_id",),
 )
 
 TOKEN_LIST = Query(

@@ -24,13 +24,18 @@ _DOLLARS = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}
 _USAGE_SUMS = {
     "requests": {"type": "integer", "minimum": 0},
     "errors": {"type": "integer", "minimum": 0, "description": "Requests answered with status 400 or more."},
-    "prompt_tokens": {"type": "integer", "minimum": 0},
+    "prompt_tokens": {"type": "integer", "minimum": 0, "description": "Reported by the upstream (not cache hits')."},
     "completion_tokens": {"type": "integer", "minimum": 0},
     "total_tokens": {"type": "integer", "minimum": 0},
     "cost_usd": {
         **_DOLLARS,
         "description": "US dollars, exact, as a decimal string: the reported usage at each model's price at the time "
         "(requests of models without a price count nothing).",
+    },
+    "cache_hits": {"type": "integer", "minimum": 0, "description": "Requests answered from the response cache."},
+    "saved_usd": {
+        **_DOLLARS,
+        "description": "What the cache hits would have cost at the models' prices, in US dollars (a decimal string).",
     },
 }
 
@@ -110,6 +115,7 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "When the current budget period ends (UTC); null for a total budget.",
             },
             **{name: field.schema() for name, field in inputs.PROJECT_POLICY.items()},
+            **{name: field.schema() for name, field in inputs.PROJECT_CACHE.items()},
             "tokens_revoked": {
                 "type": "integer",
                 "minimum": 0,
@@ -133,8 +139,8 @@ _SCHEMAS: dict[str, Any] = {
             "cache_hit_count": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "The original tool's field for requests answered from cache. This proxy has no response "
-                "cache yet, so it is 0.",
+                "description": "Requests answered from the project's response cache (they do not count in "
+                "request_count).",
             },
             "created_at": _DATETIME,
             "last_used_at": _NULLABLE_DATETIME,
@@ -175,6 +181,9 @@ _SCHEMAS: dict[str, Any] = {
             "already_revoked_count": {"type": "integer", "minimum": 0},
             "total_tokens": {"type": "integer", "minimum": 0},
         }
+    ),
+    "CachePurged": _object(
+        {"removed": {"type": "integer", "minimum": 0, "description": "Cached answers removed."}},
     ),
     "AuditEvent": _object(
         {
@@ -357,6 +366,17 @@ def build_document() -> dict[str, Any]:
                     "Nothing is written; the key is never in the answer.",
                 ),
             },
+            "/manage/cache/purge": {
+                "post": _operation(
+                    "Purge a project's response cache",
+                    {"200": _json(_ref("CachePurged"), "How many answers were removed.")},
+                    errors=("400", "403", "404"),
+                    body="CachePurge",
+                    description="Removes the project's cached answers (only a model's or a path's, when given); "
+                    "the requests after it go upstream. Audited on the project. Allowed to a minting key for its "
+                    "own project. 503 when the cache's Redis cannot be reached.",
+                ),
+            },
             "/manage/tokens": {
                 "get": _operation(
                     "List tokens (newest first)",
@@ -477,6 +497,7 @@ def build_document() -> dict[str, Any]:
                 "ProjectCreate": inputs.PROJECT_CREATE.schema(),
                 "ProjectUpdate": inputs.PROJECT_UPDATE.schema(),
                 "TokenCreate": inputs.TOKEN_CREATE.schema(),
+                "CachePurge": inputs.CACHE_PURGE.schema(),
                 "TokenUpdate": inputs.TOKEN_UPDATE.schema(),
                 "PriceSet": inputs.PRICE_SET.schema(),
             },

@@ -48,6 +48,8 @@ def project_json(project: Project) -> dict[str, Any]:
         "spent_usd": decimal_text(project.spent_in_period(now)),
         "budget_resets_at": project.budget_resets_at(now),
         **_policy(project, POLICY_FIELDS),
+        "cache_mode": project.cache_mode,
+        "cache_ttl_seconds": project.cache_ttl_seconds,
     }
 
 

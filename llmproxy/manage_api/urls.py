@@ -7,6 +7,7 @@ urlpatterns = [
     path("projects/<str:project_id>", views.ProjectDetailView.as_view()),
     path("projects/<str:project_id>/tokens/revoke", views.ProjectTokensRevokeView.as_view()),
     path("projects/<str:project_id>/test-connection", views.ProjectTestConnectionView.as_view()),
+    path("cache/purge", views.CachePurgeView.as_view()),
     path("tokens", views.TokensView.as_view()),
     path("tokens/<str:token_id>", views.TokenDetailView.as_view()),
     path("audit", views.AuditView.as_view()),

@@ -16,6 +16,7 @@ from projects.models import Project
 from projects.selectors import project_get, projects_by_name
 from projects.services import (
     project_create,
+    project_set_cache,
     project_set_limits,
     project_set_policy,
     project_update,
@@ -23,8 +24,8 @@ from projects.services import (
 from proxy.models import ModelPrice
 from proxy.prices import model_price_for, model_prices
 from proxy.probe import project_upstream_test
-from proxy.selectors import usage_summary
-from proxy.services import price_delete, price_set
+from proxy.selectors import DOLLARS, usage_summary
+from proxy.services import cache_purge, price_delete, price_set
 from tokens.models import Token
 from tokens.selectors import token_get, tokens_newest_first
 from tokens.services import (
@@ -132,7 +133,7 @@ class ProjectsView(ApiView):
     def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         caller.require_management_token()
         data = inputs.PROJECT_CREATE.parse(_body(request))
-        fields = (*inputs.UPSTREAM, *inputs.PROJECT_LIMITS, *inputs.PROJECT_POLICY)
+        fields = (*inputs.UPSTREAM, *inputs.PROJECT_LIMITS, *inputs.PROJECT_POLICY, *inputs.PROJECT_CACHE)
         options = {name: data[name] for name in fields if name in data}
         project = project_create(name=data["name"], api_key=data["api_key"], actor=caller.actor, **options)
         return JsonResponse(project_json(project), status=201)
@@ -167,6 +168,8 @@ class ProjectDetailView(ApiView):
                 project = project_set_limits(project=project, actor=caller.actor, **limits)
             if policy := {name: data[name] for name in inputs.PROJECT_POLICY if name in data}:
                 project = project_set_policy(project=project, actor=caller.actor, **policy)
+            if caching := {name: data[name] for name in inputs.PROJECT_CACHE if name in data}:
+                project = project_set_cache(project=project, actor=caller.actor, **caching)
             if "is_active" in data:
                 done = project_set_active(
                     project=project,
@@ -206,6 +209,17 @@ class ProjectTestConnectionView(ApiView):
         return JsonResponse(
             {"ok": result.ok, "status": result.status, "message": result.message, "model_count": result.model_count}
         )
+
+
+class CachePurgeView(ApiView):
+    methods = ("POST",)
+
+    def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
+        data = inputs.CACHE_PURGE.parse(_body(request))
+        caller.require_project(data["project_id"])
+        project = _project_or_404(data["project_id"])
+        removed = cache_purge(project=project, actor=caller.actor, model=data.get("model"), path=data.get("path"))
+        return JsonResponse({"removed": removed})
 
 
 TOKEN_LIMITS = ("max_requests", *inputs.TOKEN_LIMITS)
@@ -334,8 +348,8 @@ class UsageView(ApiView):
             project=query.get("project_id", caller.project_id),
             token=query.get("token_id"),
         )
-        rows = [{**row, "cost_usd": decimal_text(row["cost_usd"])} for row in summary.rows]
-        totals = {**summary.totals, "cost_usd": decimal_text(summary.totals["cost_usd"])}
+        rows = [{**row, **{name: decimal_text(row[name]) for name in DOLLARS}} for row in summary.rows]
+        totals = {**summary.totals, **{name: decimal_text(summary.totals[name]) for name in DOLLARS}}
         return JsonResponse({"from": start, "to": end, "group_by": group_by, "rows": rows, "totals": totals})
 
 

@@ -176,6 +176,8 @@ CSV_COLUMNS = [
     ("refusal_code", "refusal_code"),
     ("client_aborted", "client_aborted"),
     ("upstream_aborted", "upstream_aborted"),
+    ("cached", "cached"),
+    ("saved_usd", "saved_usd"),
 ]
 
 
@@ -244,6 +246,7 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
                     "path",
                     "model",
                     "streamed",
+                    "cached",
                     "client_aborted",
                     "upstream_aborted",
                 ]
@@ -252,7 +255,16 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
         ("Who", {"fields": ["project", "token", "token_prefix", "client_ip", "request_id"]}),
         (
             "Tokens and cost",
-            {"fields": ["prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost_exact"]},
+            {
+                "fields": [
+                    "prompt_tokens",
+                    "cached_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                    "cost_exact",
+                    "saved_usd",
+                ]
+            },
         ),
         ("Timing", {"fields": ["duration_exact", "ttfb_exact", "upstream_exact"]}),
     ]
@@ -359,6 +371,8 @@ class UsageRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
             parts.append("client aborted")
         if record.upstream_aborted:
             parts.append("upstream broke off")
+        if record.cached:
+            parts.append("from cache")
         return truncated(", ".join(parts), "narrow") if parts else ""
 
     @admin.display(description="Time")

@@ -1,4 +1,5 @@
 """Usage in the operator's pages: `{% usage_panel project=… %}` (or `token=…`) for a project or token page,
+`{% cache_panel project=… %}` (or `token=…`) for what the response cache answered and saved,
 `{% usage_chart series %}` for requests and errors per day, and `{{ record|status_badge }}`.
 
 The chart is an inline SVG bar chart drawn on the server: no script and no network. A title and a description
@@ -21,7 +22,7 @@ from projects.models import Project
 from tokens.models import Token
 
 from ..models import UsageRecord
-from ..selectors import recent_requests, top_models, usage_daily, usage_totals
+from ..selectors import cache_savings, recent_requests, top_models, usage_daily, usage_totals
 
 register = template.Library()
 
@@ -51,6 +52,18 @@ def usage_panel(context, *, project: Project | None = None, token: Token | None 
         "show_token": token is None,
         "can_view_log": context["request"].user.has_perm("proxy.view_usagerecord"),
         "all_requests_url": reverse("admin:proxy_usagerecord_changelist") + query,
+    }
+
+
+@register.inclusion_tag("admin/includes/cache_panel.html")
+def cache_panel(*, project: Project | None = None, token: Token | None = None, purge_url: str = "") -> dict:
+    """The response cache of a project (its mode, a purge link) or of a token's project: hits and savings."""
+    owner = project if project is not None else token.project
+    return {
+        "project": owner,
+        "token": token,
+        "savings": cache_savings(project=project, token=token),
+        "purge_url": purge_url,
     }
 
 

@@ -16,7 +16,8 @@ def _at_least_one(value: str) -> int:
 class Command(BaseCommand):
     help = (
         "Delete usage records and security events older than USAGE_RETENTION_DAYS (or --days), in small batches, "
-        "and login throttles no longer needed; the per-day usage sums are kept. Run it daily, e.g. from cron."
+        "login throttles no longer needed and expired cached answers; the per-day usage sums are kept. Run it "
+        "daily, e.g. from cron."
     )
 
     def add_arguments(self, parser):
@@ -39,5 +40,6 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{verb} {result.usage_records} usage records and {result.security_events} security events "
             f"older than {result.cutoff.isoformat(timespec='seconds')}, "
-            f"and {result.login_throttles} login throttles no longer needed"
+            f"and {result.login_throttles} login throttles no longer needed; {result.cache_entries} expired cached "
+            "answers"
         )
