@@ -46,6 +46,11 @@ PORT = env.int("PORT", default=8000)
 
 UPSTREAM_BASE_URL = env.str("UPSTREAM_BASE_URL", default="https://api.openai.com/v1").rstrip("/")
 MANAGEMENT_TOKEN = env.str("MANAGEMENT_TOKEN", default="")
+# How GET /manage/projects and /manage/tokens answer: `paginated` ({"projects": [...], "pagination": {...}}), or
+# `array`, the Go LLM Proxy's bare JSON array of every item, for deployments that keep its scripts.
+MANAGE_API_LIST_FORMAT = env.str("MANAGE_API_LIST_FORMAT", default="paginated").lower()
+if MANAGE_API_LIST_FORMAT not in ("paginated", "array"):
+    refuse_to_start("MANAGE_API_LIST_FORMAT must be 'paginated' or 'array'.")
 
 INSTALLED_APPS = [
     "llmproxy.apps.AdminConfig",
@@ -59,6 +64,7 @@ INSTALLED_APPS = [
     "projects",
     "tokens",
     "proxy",
+    "importer",
 ]
 
 MIDDLEWARE = [
@@ -156,7 +162,7 @@ if env.bool("BEHIND_TLS_PROXY", default=False):
 # health checks, which a load balancer probes over plain HTTP; HSTS tells browsers to come back over HTTPS only.
 # The proxy's /v1/ has no redirect (a redirected POST would lose its body): close plain HTTP in the TLS proxy.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^health$", r"^ready$", r"^live$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)

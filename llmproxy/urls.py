@@ -10,6 +10,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("health", health.health, name="health"),  # the Go LLM Proxy's probes, for monitors set up for it
+    path("ready", health.ready, name="ready"),
+    path("live", health.live, name="live"),
     path("metrics", metrics_view, name="metrics"),
     path("v1/", include("proxy.urls")),
     path("manage/", include("llmproxy.manage_api.urls")),

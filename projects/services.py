@@ -4,7 +4,9 @@ Activation and deactivation live in `tokens.services.project_set_active`: deacti
 tokens too, and tokens stand above projects.
 """
 
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -19,6 +21,7 @@ from .models import CacheMode, Project
 from .policy import POLICY_FIELDS, clean_policy
 from .upstreams import (
     INVALID_API_KEY,
+    UpstreamAuth,
     clean_upstream_auth,
     clean_upstream_url,
     default_auth,
@@ -129,6 +132,46 @@ def project_create(
     with transaction.atomic(), audited(actor):
         _save(project)
     return project
+
+
+def project_for_import(
+    *,
+    id: uuid.UUID,
+    name: str,
+    api_key: str,
+    is_active: bool,
+    deactivated_at: datetime | None,
+    created_at: datetime,
+    updated_at: datetime,
+    upstream_url: str = "",
+    upstream_auth: str = UpstreamAuth.BEARER,
+) -> Project:
+    """A project carried over from another system (the importer), as it was there: its ID, name, state and dates,
+    checked by project_create's rules (the name; the key, by the upstream's rule) and its key encrypted, but not
+    saved: `projects_import` saves them. `upstream_url` is cleaned already (clean_upstream_url, once per import)."""
+    project = Project(
+        id=id,
+        name=_clean_name(name),
+        upstream_url=upstream_url,
+        upstream_auth=upstream_auth,
+        is_active=is_active,
+        deactivated_at=None if is_active else (deactivated_at or updated_at),
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+    _set_api_key(project, api_key)
+    return project
+
+
+def projects_import(projects: list[Project]) -> None:
+    """Save projects made by `project_for_import`, with their own dates, in bulk and without an audit entry each:
+    the import writes one for the whole run. A name taken meanwhile fails the whole batch (the caller's
+    transaction)."""
+    dates = [(project.created_at, project.updated_at) for project in projects]
+    Project.objects.bulk_create(projects, batch_size=500)
+    for project, (created_at, updated_at) in zip(projects, dates, strict=True):
+        project.created_at, project.updated_at = created_at, updated_at  # saving stamped them with now
+    Project.objects.bulk_update(projects, ["created_at", "updated_at"], batch_size=500)
 
 
 def project_update(

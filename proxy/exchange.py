@@ -23,9 +23,11 @@ def read_headers(scope: dict) -> dict[bytes, str]:
 
 
 def token_prefix(presented: str) -> str:
-    """What may be recorded of a presented token: the display prefix of something shaped like ours, else nothing
-    (a client may paste a real OpenAI key by mistake)."""
-    return secret.display_prefix(presented) if presented.startswith(secret.TOKEN.prefix) else ""
+    """What may be recorded of a presented token: the display prefix of something shaped like ours or like an
+    imported one, else nothing (a client may paste a real OpenAI key by mistake)."""
+    if presented.startswith(secret.TOKEN.prefix) or secret.ORIGINAL_TOKEN.is_well_formed(presented):
+        return secret.display_prefix(presented)
+    return ""
 
 
 @dataclass

@@ -156,7 +156,10 @@ async def _forward(
     if presented is None:
         return exchange.refuse(errors.missing_token())
     exchange.token_prefix = token_prefix(presented)
-    if not secret.TOKEN.is_well_formed(presented):
+    # The Go LLM Proxy's shape is taken only for the tokens imported from it: one stored with its digest is admitted
+    # by the same statement, any other is refused as malformed. Our own tokens never run the second check.
+    original = not secret.TOKEN.is_well_formed(presented)
+    if original and not secret.ORIGINAL_TOKEN.is_well_formed(presented):
         return exchange.refuse(errors.invalid_token_format())
 
     digest = secret.digest(presented)
@@ -185,6 +188,8 @@ async def _forward(
         return exchange.refuse(errors.database_unavailable())
     exchange.token_id, exchange.project_id = admitted.token_id, admitted.project_id
     if admitted.refusal is not None:
+        if original and admitted.token_id is None:
+            return exchange.refuse(errors.invalid_token_format())
         return exchange.refuse(admitted.refusal)
     cache_store.remember(digest, admitted.cache_mode)
     if checked is None:

@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from auditlog.models import LogEntry
 from django.core.wsgi import get_wsgi_application
+from django.test import override_settings
 from hypothesis import HealthCheck, settings
 
 from proxy.models import ModelPrice
@@ -77,3 +78,18 @@ def _point_at_existing(case, existing: dict) -> None:
 def test_api_matches_its_openapi_document(case, management_token, existing):
     _point_at_existing(case, existing)
     case.call_and_validate(headers={"Authorization": f"Bearer {MANAGEMENT_TOKEN}"})
+
+
+# With MANAGE_API_LIST_FORMAT=array the two lists answer the original tool's bare arrays, and the document served in
+# that mode says so: checked the same way.
+with override_settings(MANAGE_API_LIST_FORMAT="array"):
+    array_schema = schemathesis.openapi.from_wsgi("/manage/openapi.json", get_wsgi_application())
+
+
+@pytest.mark.django_db(transaction=True)
+@array_schema.include(method="GET", path_regex="^/manage/(projects|tokens)$").parametrize()
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_bare_array_lists_match_the_document_of_that_mode(case, management_token, existing):
+    _point_at_existing(case, existing)
+    with override_settings(MANAGE_API_LIST_FORMAT="array"):
+        case.call_and_validate(headers={"Authorization": f"Bearer {MANAGEMENT_TOKEN}"})

@@ -14,6 +14,8 @@ from django.test import Client
 from django.urls import URLPattern, reverse
 from django.utils import timezone
 
+from importer.models import Import
+from llmproxy.audit import audited
 from llmproxy.manage_api import urls as manage_urls
 from projects.models import Project
 from proxy.models import ModelPrice
@@ -65,6 +67,8 @@ def test_no_management_route_asks_for_a_csrf_token(settings, method, path):
 # --- the audit trail: what an operator changed, never what points at the object -------------------------------------
 def test_no_audit_entry_lists_a_reverse_relation(make_project, make_token, operator):
     project = make_project(name="Audited")
+    with audited(operator):  # as import_llm_proxy records a run
+        imported = Import.objects.create(source="SQLite file /srv/llm-proxy.db", projects=1)
     created = {
         Project: project,
         Token: make_token(project, label="ci").token,
@@ -77,6 +81,7 @@ def test_no_audit_entry_lists_a_reverse_relation(make_project, make_token, opera
             source="test",
             actor=operator,
         ).price,
+        Import: imported,
     }
     assert set(auditlog.get_models()) == set(created), "a newly audited model: add it here"
 

@@ -127,6 +127,8 @@ def test_behind_tls_plain_http_is_redirected_but_for_the_health_checks(tls_serve
 
     assert httpx.get(f"{tls_server.url}/healthz", headers=plain).status_code == 200
     assert httpx.get(f"{tls_server.url}/readyz", headers=plain).status_code == 200
+    for probe in ("health", "ready", "live"):  # the Go LLM Proxy's, for the monitors set up for it
+        assert httpx.get(f"{tls_server.url}/{probe}", headers=plain).status_code == 200, probe
     redirected = httpx.get(f"{tls_server.url}/admin/login/", headers=plain)
     assert redirected.status_code == 301
     assert redirected.headers["location"] == "https://proxy.example.com/admin/login/"

@@ -92,6 +92,12 @@ class Token(IssuedCredential, SpendLimits, AccessPolicy):
     request_count = models.PositiveBigIntegerField(default=0, editable=False)
     cache_hit_count = models.PositiveBigIntegerField(default=0, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    imported = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Carried over from the Go LLM Proxy (manage.py import_llm_proxy): its secret was made there, with "
+        "62 random bits and no sk-wt- prefix. Rotate it: generate a new token, then revoke this one.",
+    )
 
     objects = TokenQuerySet.as_manager()
 

@@ -14,8 +14,10 @@ _ID_PREFIX_RE = re.compile(r"[0-9a-fA-F-]{4,36}")
 
 
 def _exact_reference(term: str) -> Q | None:
-    """A whole token (by its digest) or a token ID; None for anything else."""
-    if secret.TOKEN.is_well_formed(term):
+    """A whole token (ours or an imported one, by its digest) or a token ID; None for anything else."""
+    if secret.TOKEN.is_well_formed(term) or (
+        not term.startswith(secret.TOKEN.prefix) and secret.ORIGINAL_TOKEN.is_well_formed(term)
+    ):
         return Q(digest=secret.digest(term))
     try:
         return Q(pk=uuid.UUID(term))
@@ -40,6 +42,8 @@ def token_search_filter(term: str) -> Q | None:
         return exact
     if term.startswith(secret.TOKEN.prefix):
         return Q(prefix__startswith=term[: secret.TOKEN.display_length])
+    if term.startswith(secret.ORIGINAL_TOKEN.prefix):  # an imported token's
+        return Q(prefix__startswith=term[: secret.ORIGINAL_TOKEN.display_length])
     if _ID_PREFIX_RE.fullmatch(term):
         return Q(pk__startswith=_canonical_uuid_prefix(term)) | Q(label__icontains=term)
     return Q(label__icontains=term)
@@ -99,12 +103,13 @@ def token_get(token_id: uuid.UUID, *, project_id: uuid.UUID | None = None) -> To
     return tokens.first()
 
 
-def tokens_newest_first(*, project_ids: list[uuid.UUID] = (), status: str | None = None) -> QuerySet[Token]:
-    """Tokens, newest first, of every project in `project_ids` (all of them: several ids narrow, never widen)."""
+def tokens_newest_first(*, project_ids: list[uuid.UUID] = (), statuses: list[str] = ()) -> QuerySet[Token]:
+    """Tokens, newest first, of every project in `project_ids` with every status in `statuses` (several narrow,
+    never widen)."""
     tokens = Token.objects.order_by("-created_at", "id")
     for project_id in project_ids:
         tokens = tokens.filter(project_id=project_id)
-    if status is not None:
+    for status in statuses:
         tokens = tokens.with_status(status)
     return tokens
 

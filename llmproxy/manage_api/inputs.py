@@ -44,6 +44,10 @@ def _max_minutes() -> int:
     return settings.TOKEN_MAX_DURATION_HOURS * 60
 
 
+def _max_days() -> int:
+    return settings.TOKEN_MAX_DURATION_HOURS // 24
+
+
 def _max_requests() -> int:
     return settings.TOKEN_MAX_REQUESTS
 
@@ -259,16 +263,23 @@ TOKEN_LIST = Query(
         "project_id": Uuid(description="Only tokens of this project."),
         "projectId": Uuid(description="The original tool's spelling of project_id."),
         "status": Choice(description="Only tokens with this status.", choices=tuple(TokenStatus.values)),
+        "activeOnly": Boolean(
+            description="The original tool's filter: true, only active tokens (as status=active); false, no filter."
+        ),
         **PAGING,
     }
 )
 
+DURATIONS = ("duration_hours", "duration_minutes", "expires_in_days")
+
 
 def _check_one_duration(data: dict) -> None:
-    given = [name for name in ("duration_hours", "duration_minutes") if name in data]
+    given = [name for name in DURATIONS if name in data]
     if len(given) != 1:
         code = "required" if not given else "exactly_one"
-        raise invalid("duration_hours", "give exactly one of duration_hours and duration_minutes", code)
+        raise invalid(
+            "duration_hours", "give exactly one of duration_hours, duration_minutes and expires_in_days", code
+        )
 
 
 TOKEN_CREATE = Body(
@@ -276,6 +287,12 @@ TOKEN_CREATE = Body(
         "project_id": Uuid(),
         "duration_hours": Integer(description="Lifetime in hours.", minimum=1, maximum=_max_hours),
         "duration_minutes": Integer(description="Lifetime in minutes.", minimum=1, maximum=_max_minutes),
+        "expires_in_days": Integer(
+            description='Lifetime in days, as the original tool documented it; 0 (its "never expires") is the '
+            "longest lifetime allowed here, TOKEN_MAX_DURATION_HOURS: tokens here always expire.",
+            minimum=0,
+            maximum=_max_days,
+        ),
         "max_requests": Integer(
             description="Upstream requests allowed over the token's life; 0 or null means unlimited.",
             minimum=0,
@@ -287,7 +304,7 @@ TOKEN_CREATE = Body(
         **TOKEN_POLICY,
     },
     required=("project_id",),
-    rule_schema={"oneOf": [{"required": ["duration_hours"]}, {"required": ["duration_minutes"]}]},
+    rule_schema={"oneOf": [{"required": [name]} for name in DURATIONS]},
     check=_check_one_duration,
 )
 

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.conf import settings
+
 from projects.limits import BudgetPeriod
 from proxy.prices import DECIMAL_PLACES
 from tokens.models import TokenStatus
@@ -74,6 +76,17 @@ def _list(item: str, key: str) -> dict[str, Any]:
     return _object({key: {"type": "array", "items": _ref(item)}, "pagination": _ref("Pagination")})
 
 
+def _listing(item: str, what: str) -> dict[str, Any]:
+    """The answer of GET /manage/projects and /manage/tokens, in the form MANAGE_API_LIST_FORMAT names."""
+    if settings.MANAGE_API_LIST_FORMAT == "array":
+        return _json(
+            {"type": "array", "items": _ref(item)},
+            f"Every {what} (or only the page asked for with page or page_size), as a bare array: the Go LLM Proxy's "
+            "form, chosen with MANAGE_API_LIST_FORMAT=array.",
+        )
+    return _json(_ref(f"{item}List"), f"A page of {what}s (MANAGE_API_LIST_FORMAT=paginated, the default).")
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         **_object(
@@ -128,7 +141,11 @@ _SCHEMAS: dict[str, Any] = {
     "Token": _object(
         {
             "id": _UUID,
-            "token": {"type": "string", "description": "The display prefix and an ellipsis (`sk-wt-AbC123…`)."},
+            "token": {
+                "type": "string",
+                "description": "The display prefix and an ellipsis (`sk-wt-AbC123…`; `sk-AbC123…` or, where the "
+                "original stored only its SHA-256, `sk-…` for a token imported from the Go LLM Proxy).",
+            },
             "project_id": _UUID,
             "label": {"type": "string"},
             "status": {"type": "string", "enum": list(TokenStatus.values)},
@@ -140,11 +157,16 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "integer",
                 "minimum": 0,
                 "description": "Requests answered from the project's response cache (they do not count in "
-                "request_count).",
+                "request_count); a token imported from the original tool starts from the count it brought.",
             },
             "created_at": _DATETIME,
             "last_used_at": _NULLABLE_DATETIME,
             "revoked_at": _NULLABLE_DATETIME,
+            "imported": {
+                "type": "boolean",
+                "description": "Imported from the Go LLM Proxy (manage.py import_llm_proxy): it works as it did "
+                "there; rotate it (generate a new token, revoke this one).",
+            },
             **_limits("over the token's life"),
             "spent_usd": {**_DOLLARS, "description": "Spent over the token's life, in US dollars."},
             **{name: field.schema() for name, field in inputs.TOKEN_POLICY.items()},
@@ -192,7 +214,8 @@ _SCHEMAS: dict[str, Any] = {
             "action": {"type": "string", "enum": list(AUDIT_ACTIONS)},
             "object_type": {
                 "type": "string",
-                "description": "project, token, minting_key, model_price (or another model).",
+                "description": "project, token, minting_key, model_price (or another model: `import` for an import "
+                "from the Go LLM Proxy, and its events that name no project here).",
             },
             "object_id": {"type": "string"},
             "object_repr": {"type": "string"},
@@ -202,7 +225,10 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "A username, or a label: `management token`, `minting key ci (mk-AbC123…)`, "
                 "`command line (alice)`.",
             },
-            "via": {"type": ["string", "null"], "description": "admin, api, cli or system."},
+            "via": {
+                "type": ["string", "null"],
+                "description": "admin, api, cli or system; import for the Go LLM Proxy's own events, imported.",
+            },
             "client_ip": {"type": ["string", "null"]},
             "changes": {
                 "type": ["object", "null"],
@@ -320,7 +346,7 @@ def build_document() -> dict[str, Any]:
             "/manage/projects": {
                 "get": _operation(
                     "List projects (by name)",
-                    {"200": _json(_ref("ProjectList"), "A page of projects.")},
+                    {"200": _listing("Project", "project")},
                     errors=("400", "403"),
                     parameters=inputs.PROJECT_LIST.parameters(),
                 ),
@@ -380,7 +406,7 @@ def build_document() -> dict[str, Any]:
             "/manage/tokens": {
                 "get": _operation(
                     "List tokens (newest first)",
-                    {"200": _json(_ref("TokenList"), "A page of tokens.")},
+                    {"200": _listing("Token", "token")},
                     errors=("400", "403"),
                     parameters=inputs.TOKEN_LIST.parameters(),
                     description="With a minting key, only its project's tokens (a filter naming another project "

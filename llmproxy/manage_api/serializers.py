@@ -68,6 +68,7 @@ def token_json(token: Token) -> dict[str, Any]:
         "created_at": token.created_at,
         "last_used_at": token.last_used_at,
         "revoked_at": token.revoked_at,
+        "imported": token.imported,
         **_limits(token),
         "spent_usd": decimal_text(token.spent_usd),
         **_policy(token, TOKEN_POLICY_FIELDS),

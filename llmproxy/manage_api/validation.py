@@ -164,6 +164,11 @@ class Boolean(Field):
             raise invalid(name, f"{name} must be true or false", "invalid_type")
         return value
 
+    def parse_query(self, name: str, raw: str) -> bool:
+        if raw not in ("true", "false"):
+            raise invalid(name, f"{name} must be true or false", "invalid_type")
+        return raw == "true"
+
 
 @dataclass(frozen=True)
 class String(Field):

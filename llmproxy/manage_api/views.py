@@ -3,10 +3,13 @@
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -26,7 +29,7 @@ from proxy.prices import model_price_for, model_prices
 from proxy.probe import project_upstream_test
 from proxy.selectors import DOLLARS, usage_summary
 from proxy.services import cache_purge, price_delete, price_set
-from tokens.models import Token
+from tokens.models import Token, TokenStatus
 from tokens.selectors import token_get, tokens_newest_first
 from tokens.services import (
     project_set_active,
@@ -78,6 +81,19 @@ def _page(query: dict) -> dict:
     return {"page": query.get("page", 1), "page_size": query.get("page_size", inputs.DEFAULT_PAGE_SIZE)}
 
 
+def _list(key: str, items: QuerySet, present: Callable, query: dict) -> JsonResponse:
+    """A list answer in the form MANAGE_API_LIST_FORMAT names: a page and its pagination, or (the original tool's
+    form) a bare array of every item, or of the page asked for with `page` or `page_size`."""
+    if settings.MANAGE_API_LIST_FORMAT == "array":
+        if {"page", "page_size"} & query.keys():
+            paging = _page(query)
+            start = (paging["page"] - 1) * paging["page_size"]
+            items = items[start : start + paging["page_size"]]
+        return JsonResponse([present(item) for item in items], safe=False)
+    page = selectors.paginate(items, **_page(query))
+    return JsonResponse({key: [present(item) for item in page.items], "pagination": page.pagination()})
+
+
 class ApiView(View):
     """JSON in, JSON out: authentication first, then the method, then the handler; every error is JSON."""
 
@@ -127,8 +143,7 @@ class ProjectsView(ApiView):
 
     def get(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         caller.require_management_token()
-        page = selectors.paginate(projects_by_name(), **_page(inputs.PROJECT_LIST.parse(request.GET)))
-        return JsonResponse({"projects": [project_json(p) for p in page.items], "pagination": page.pagination()})
+        return _list("projects", projects_by_name(), project_json, inputs.PROJECT_LIST.parse(request.GET))
 
     def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         caller.require_management_token()
@@ -236,9 +251,11 @@ class TokensView(ApiView):
             caller.require_project(project_id)
         if caller.project_id is not None:
             project_ids.append(caller.project_id)
-        tokens = tokens_newest_first(project_ids=project_ids, status=query.get("status"))
-        page = selectors.paginate(tokens, **_page(query))
-        return JsonResponse({"tokens": [token_json(t) for t in page.items], "pagination": page.pagination()})
+        statuses = [query["status"]] if "status" in query else []
+        if query.get("activeOnly"):
+            statuses.append(TokenStatus.ACTIVE)
+        tokens = tokens_newest_first(project_ids=project_ids, statuses=statuses)
+        return _list("tokens", tokens, token_json, query)
 
     def post(self, request: HttpRequest, caller: Caller) -> JsonResponse:
         data = inputs.TOKEN_CREATE.parse(_body(request))
@@ -246,8 +263,12 @@ class TokensView(ApiView):
         project = _project_or_404(data["project_id"])
         if "duration_hours" in data:
             duration_field, duration = "duration_hours", timedelta(hours=data["duration_hours"])
-        else:
+        elif "duration_minutes" in data:
             duration_field, duration = "duration_minutes", timedelta(minutes=data["duration_minutes"])
+        else:  # the original tool's; its 0, "never", is the longest lifetime allowed
+            days = data["expires_in_days"]
+            duration_field = "expires_in_days"
+            duration = timedelta(days=days) if days else timedelta(hours=settings.TOKEN_MAX_DURATION_HOURS)
         try:
             issued = token_generate(
                 project=project,

@@ -44,6 +44,7 @@ BADGE_CLASSES = {
 }
 BLOCKED_LABEL = "Active (project inactive)"
 NOT_REVOKED_HELP = "Revoked tokens stop working at once, for good; this cannot be undone."
+ROTATE = "Imported from the Go LLM Proxy, with the secret made there: rotate it (a new token, then revoke this one)."
 
 
 def status_label(token: Token) -> tuple[str, str]:
@@ -56,7 +57,11 @@ def status_label(token: Token) -> tuple[str, str]:
 
 def status_badge(token: Token) -> SafeString:
     key, label = status_label(token)
-    return format_html('<span class="badge {} token-status-{}">{}</span>', BADGE_CLASSES[key], key, label)
+    badge = format_html('<span class="badge {} token-status-{}">{}</span>', BADGE_CLASSES[key], key, label)
+    if token.imported:
+        imported = '<span class="badge badge-muted token-imported" title="{}">Imported</span>'
+        return format_html("{} " + imported, badge, ROTATE)
+    return badge
 
 
 def requests_display(token: Token) -> str:
