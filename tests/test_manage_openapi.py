@@ -50,8 +50,9 @@ def existing(make_project, make_token) -> dict:
 def _point_at_existing(case, existing: dict) -> None:
     """Random UUIDs only ever find nothing (404); valid requests are sent to existing objects instead."""
     if case.query:
-        # A parameter generated as null is left out of the URL: an invalid case would arrive valid. Send it empty.
-        case.query = {name: "" if value is None else value for name, value in case.query.items()}
+        # A parameter generated as null (or as an empty list) is left out of the URL: an invalid case would arrive
+        # valid. Send it empty.
+        case.query = {name: "" if value is None or value == [] else value for name, value in case.query.items()}
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return
     for name, value in existing.items():
