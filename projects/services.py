@@ -230,28 +230,12 @@ def project_set_policy(*, project: Project, actor: Actor, **policy) -> Project:
     """Set, change or remove (None or empty) the policy lists given; the others stay. Each bites on the next request.
 
     Tokens that narrow a list keep their own lists: the policy in force is always the intersection."""
-    cleaned = clean_policy(policy)
-    with transaction.atomic(), audited(actor):
-        project = Project.objects.select_for_update().get(pk=project.pk)
-        changed = [name for name, value in cleaned.items() if getattr(project, name) != value]
-        for name in changed:
-            setattr(project, name, cleaned[name])
-        if changed:
-            project.save(update_fields=[*changed, "updated_at"])
-    return project
+    return _change_fields(project=project, actor=actor, values=clean_policy(policy))
 
 
 def project_set_limits(*, project: Project, actor: Actor, **limits) -> Project:
     """Set, change or remove (None) the limits given; the others stay. Each bites on the next request."""
-    cleaned = clean_limits(limits)
-    with transaction.atomic(), audited(actor):
-        project = Project.objects.select_for_update().get(pk=project.pk)
-        changed = [name for name, value in cleaned.items() if getattr(project, name) != value]
-        for name in changed:
-            setattr(project, name, cleaned[name])
-        if changed:
-            project.save(update_fields=[*changed, "updated_at"])
-    return project
+    return _change_fields(project=project, actor=actor, values=clean_limits(limits))
 
 
 def project_set_cache(
@@ -259,12 +243,17 @@ def project_set_cache(
 ) -> Project:
     """Set the response cache's mode and/or default lifetime (None: unchanged). Bites on the next request; answers
     already kept stay until they expire or are purged (turning the cache off stops their use at once)."""
-    cleaned = clean_cache({"cache_mode": cache_mode, "cache_ttl_seconds": cache_ttl_seconds})
+    values = clean_cache({"cache_mode": cache_mode, "cache_ttl_seconds": cache_ttl_seconds})
+    return _change_fields(project=project, actor=actor, values=values)
+
+
+def _change_fields(*, project: Project, actor: Actor, values: dict) -> Project:
+    """Set the fields whose cleaned values differ, on the locked row, in one save with its audit entry."""
     with transaction.atomic(), audited(actor):
         project = Project.objects.select_for_update().get(pk=project.pk)
-        changed = [name for name, value in cleaned.items() if getattr(project, name) != value]
+        changed = [name for name, value in values.items() if getattr(project, name) != value]
         for name in changed:
-            setattr(project, name, cleaned[name])
+            setattr(project, name, values[name])
         if changed:
             project.save(update_fields=[*changed, "updated_at"])
     return project
