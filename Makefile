@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lint format bench bench-admin bench-faults cluster clean
+.PHONY: run test setup lint format bench bench-compare bench-admin bench-faults cluster clean
 
 run: setup
 	$(PY) manage.py migrate --noinput
@@ -37,6 +37,10 @@ format: setup
 
 bench: setup
 	$(PY) bench/proxy_bench.py
+
+# The shared benchmark (SHARED_BENCH, default ../shared/bench) on a fresh database: SQLite, or DATABASE_URL's PostgreSQL.
+bench-compare: setup
+	$(PY) bench/compare.py
 
 bench-admin: setup
 	$(PY) bench/admin_bench.py

@@ -41,6 +41,8 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from llmproxy import asyncio_backend
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -395,11 +397,14 @@ def ssl_context() -> ssl.SSLContext:
 
 def new_transport(url: str, *, limits: httpx.Limits, guarded: bool) -> httpx.AsyncHTTPTransport:
     """An httpx transport for the origin of `url`: through the environment's egress proxy when one is set, else
-    direct, with `GuardedBackend` under it when `guarded` (a proxy connection is not guarded: see the module doc)."""
+    direct, on asyncio's transports (`llmproxy.asyncio_backend`), with `GuardedBackend` over them when `guarded` (a
+    proxy connection is not guarded: see the module doc)."""
     proxy = environment_proxy(url)
     transport = httpx.AsyncHTTPTransport(verify=ssl_context(), limits=limits, proxy=proxy)
-    if guarded and proxy is None:
-        install_guard(transport)
+    if proxy is None:
+        asyncio_backend.install(transport)
+        if guarded:
+            install_guard(transport)
     return transport
 
 

@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import resource
+import sys
 from dataclasses import dataclass
 
 import httptools
+from gunicorn.arbiter import Arbiter
+from uvicorn import Server
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
@@ -154,10 +157,44 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
 
+class QuietServer(Server):
+    """uvicorn's server, its housekeeping (the Date header, the heartbeat to gunicorn, whether to exit) once a second
+    rather than ten times: each wake-up of an idle worker cost about 0.3 ms of CPU, 3 ms a second per worker. A
+    signal to exit wakes it at once, so it stops as promptly as before."""
+
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        counter = 0  # uvicorn's on_tick does its once-a-second work when the counter is a multiple of 10
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
+            should_exit = await self.on_tick(counter)
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+
 class LimitedUvicornWorker(UvicornWorker):
-    """gunicorn's uvicorn worker serving with LimitedHttpToolsProtocol."""
+    """gunicorn's uvicorn worker serving with LimitedHttpToolsProtocol, on a QuietServer."""
 
     CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": LimitedHttpToolsProtocol}
+
+    async def _serve(self) -> None:
+        """uvicorn_worker's, with a QuietServer."""
+        self.config.app = self.wsgi
+        server = QuietServer(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     def load_wsgi(self) -> None:
         """Load the app (in the worker process), then take the limits from its settings."""

@@ -19,7 +19,7 @@ from llmproxy.body_limit import limit_body
 
 from . import errors
 from .exchange import Exchange, read_headers
-from .relay import UpstreamInterrupted
+from .relay import RelayResponse, UpstreamInterrupted
 from .writer import writer
 
 PREFIX = "/v1/"
@@ -75,6 +75,24 @@ class ProxyHandler(ASGIHandler):
         response = await self.run_get_response(request)
         with contextlib.suppress(asyncio.CancelledError):  # the client went away while it was being sent
             await self.send_response(response, send)
+
+    async def send_response(self, response, send) -> None:
+        """Django's, but a relayed response's parts go to the server as they are (`RelayResponse`)."""
+        if not isinstance(response, RelayResponse):
+            await super().send_response(response, send)
+            return
+        headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]  # str, always
+        headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        chunk_size = self.chunk_size
+        async with contextlib.aclosing(response.parts) as parts:
+            async for part in parts:
+                if len(part) <= chunk_size:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                else:
+                    for chunk, _ in self.chunk_bytes(part):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body"})
 
     async def __call__(self, scope, receive, send) -> None:
         try:

@@ -15,6 +15,10 @@ _USAGE_KEY = b'"usage"'
 # The member OpenAI adds to every chunk once usage is asked for. Only JSON's structure can hold it unescaped (in a
 # string its quotes would be `\"`), and OpenAI writes it after the chunk's content, so the last one is the chunk's own.
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])')
+# That member as the last of a line's document.
+_NULL_USAGE_LAST = re.compile(rb',\s*"usage"\s*:\s*null\s*\}\Z')
+# Any `"usage": null` member, first or not: an event whose every `"usage"` is one of these holds no counts.
+_ANY_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null(?=\s*[,}])')
 _decoder = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 # Members only Anthropic's usage has: it counts cached prompt tokens apart from `input_tokens`.
@@ -193,6 +197,16 @@ def _event_document(event: bytes) -> object:
         return None
 
 
+def _ends_with_null_usage(event: bytes) -> bool:
+    """Whether an event is one `data:` line whose object ends with a `"usage": null` member: its top-level one (the
+    `}` after it closes the line's document), which `strip` removes. Told without decoding the line: were it not JSON
+    (which no client could read anyway), the member would still be removed."""
+    line = event.rstrip(b"\r\n")
+    if not line.startswith(b"data:") or b"\n" in line or b"\r" in line:
+        return False
+    return _NULL_USAGE_LAST.search(line) is not None
+
+
 def _without_null_usage(event: bytes) -> bytes:
     found = list(_NULL_USAGE.finditer(event))
     return event[: found[-1].start()] + event[found[-1].end() :] if found else event
@@ -268,6 +282,12 @@ class StreamUsage:
     def _pass(self, event: bytes) -> bytes:
         """What goes on of an event that names usage: with `strip`, nothing of the usage event (its counts are
         kept) and the others without their null usage."""
+        if event.count(_USAGE_KEY) == len(_ANY_NULL_USAGE.findall(event)):
+            # Every chunk of a stream with usage asked for: nothing to count, so it is not decoded.
+            if not self.strip:
+                return self._out(event)
+            if _ends_with_null_usage(event):
+                return self._out(_without_null_usage(event))
         document = _event_document(event)
         counts = _usage_in(document)
         if counts is not None:

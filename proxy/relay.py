@@ -15,7 +15,7 @@ come).
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
@@ -23,6 +23,7 @@ from uuid import UUID
 import httpx
 import psycopg
 from django.db import DatabaseError
+from django.http import StreamingHttpResponse
 from psycopg_pool import PoolTimeout
 
 from . import cache_store, metrics, settlement
@@ -54,6 +55,16 @@ class Settlement:
 
 
 SETTLE_ERRORS = (DatabaseError, psycopg.Error, PoolTimeout)
+
+
+class RelayResponse(StreamingHttpResponse):
+    """The upstream's response on its way to the client. `proxy.asgi.ProxyHandler` sends its `parts` (bytes, never
+    empty) as they come, without the steps Django's streaming takes for each part (a wrapping generator that makes
+    bytes of it, another that cuts it to size)."""
+
+    def __init__(self, parts: AsyncIterator[bytes], status: int) -> None:
+        super().__init__(parts, status=status)
+        self.parts = parts
 
 
 class Relay:

@@ -17,7 +17,7 @@ from functools import lru_cache, partial
 import httpx
 import psycopg
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.utils.encoding import escape_uri_path
 from django.views.decorators.csrf import csrf_exempt
 from psycopg_pool import PoolTimeout
@@ -46,7 +46,7 @@ from . import (
 )
 from .counting import StreamUsage
 from .exchange import Exchange, read_headers, token_prefix
-from .relay import SETTLE_ERRORS, Relay, Settlement
+from .relay import SETTLE_ERRORS, Relay, RelayResponse, Settlement
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ async def _forward(
         keeping=keeping,
     )
     relay.watch(asyncio.current_task())
-    client_response = StreamingHttpResponse(relay.body(), status=response.status_code)
+    client_response = RelayResponse(relay.body(), status=response.status_code)
     del client_response["Content-Type"]  # only what the upstream sent
     own_limits = allowance.headers()
     upstream_headers = headers.client_response_headers(

@@ -44,6 +44,29 @@ def test_complete_events_are_passed_on_at_once_when_stripping():
     assert parser.feed(second[10:]) == second
 
 
+@pytest.mark.parametrize(
+    ("event", "stripped"),
+    [
+        # The chunk's own null usage, after its other members (as OpenAI writes it): cut when stripping.
+        (b'data: {"id":"c","choices":[],"usage":null}\n\n', b'data: {"id":"c","choices":[]}\n\n'),
+        (b'data: {"id":"c", "usage" : null }\r\n\r\n', b'data: {"id":"c" }\r\n\r\n'),
+        # First, it never was cut (the member cut is the one after a comma).
+        (b'data: {"usage":null,"id":"c"}\n\n', None),
+        # A null usage that is not the chunk's own (nested) stays; so does one in text.
+        (b'data: {"id":"c","x":{"a":1,"usage":null}}\n\n', None),
+        (b'data: {"id":"c","x":"\\"usage\\": null,"}\n\n', None),
+        # Two data lines make one document: decoded, as before (and left as it is).
+        (b'data: {"id":"c",\ndata: "usage":null}\n\n', None),
+    ],
+)
+def test_null_usage_chunks_are_passed_or_cut_as_decoding_them_would(event, stripped):
+    """Such chunks are not decoded (proxy.counting: StreamUsage._pass): what leaves is what decoding them gave."""
+    for strip in (False, True):
+        parser = StreamUsage(strip=strip)
+        assert parser.feed(event) + parser.finish() == (stripped or event if strip else event)
+        assert parser.counts is None
+
+
 def test_crlf_events_and_the_responses_api_completed_event():
     completed = {"type": "response.completed", "response": {"usage": {"input_tokens": 4, "output_tokens": 6}}}
     stream = (
