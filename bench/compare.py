@@ -21,7 +21,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR / "bench"))
 sys.path.insert(0, str(BASE_DIR))
 
-from proxy_bench import database  # noqa: E402
+from proxy_bench import database, migrate_and_run  # noqa: E402
 
 from tests.live import free_port  # noqa: E402
 
@@ -30,7 +30,6 @@ MOCK_KEY = "sk-mock-upstream-key"
 
 def seed(env: dict) -> str:
     """Migrate, then a project and an unlimited token for the mock; the token's plaintext."""
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
     code = (
         "from datetime import timedelta\n"
         "from llmproxy.audit import Actor\n"
@@ -40,15 +39,7 @@ def seed(env: dict) -> str:
         f"project = project_create(name='Shared bench', api_key={MOCK_KEY!r}, actor=actor)\n"
         "print(token_generate(project=project, duration=timedelta(hours=4), actor=actor).plaintext)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=BASE_DIR,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return result.stdout.strip().splitlines()[-1]
+    return migrate_and_run(env, code)[-1]
 
 
 def main() -> int:

@@ -299,7 +299,6 @@ def seed(env: dict) -> tuple[str, str, str, str]:
     bench's requests meet) with a token narrowing it, and a project with the response cache (opt-in) with an
     unlimited token; the four tokens' plaintexts. The bench's model gets a price, so its cost is computed and
     charged."""
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
     code = (
         "from datetime import timedelta\n"
         "from llmproxy.audit import Actor\n"
@@ -321,6 +320,13 @@ def seed(env: dict) -> tuple[str, str, str, str]:
         f"cached = project_create(name='Bench cached', api_key='{UPSTREAM_KEY}', actor=actor, cache_mode='opt-in')\n"
         "print(token_generate(project=cached, duration=timedelta(hours=2), actor=actor).plaintext)\n"
     )
+    free, limited, ruled, cached = migrate_and_run(env, code)[-4:]
+    return free, limited, ruled, cached
+
+
+def migrate_and_run(env: dict, code: str) -> list[str]:
+    """Migrate the database `env` names, then run `code` in `manage.py shell`; the lines it printed."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
         cwd=BASE_DIR,
@@ -329,8 +335,7 @@ def seed(env: dict) -> tuple[str, str, str, str]:
         capture_output=True,
         text=True,
     )
-    free, limited, ruled, cached = result.stdout.strip().splitlines()[-4:]
-    return free, limited, ruled, cached
+    return result.stdout.strip().splitlines()
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
