@@ -15,9 +15,11 @@ back what admission counted.
   token's request limit and the per-minute request limits is given back (in the minute it was counted in), so an
   upstream's failure does not use up quota (the SDKs retry those). Also before the answer goes out.
 
-Each is one statement on PostgreSQL (on the event loop's own connections). On SQLite, which lets one writer in at
-a time (across all workers), the charges that arrive while one transaction runs are written together in the next,
-so a busy worker commits a few times per batch of responses rather than once per response.
+A give-back is one statement on PostgreSQL (on the event loop's own connections). Charges are written in groups:
+the charges that arrive while one write runs are written together in the next, one statement per token (its
+charges summed), so a busy worker writes the same hot token and project rows once per batch of responses rather
+than once per response (on SQLite, which lets one writer in at a time across all workers, one transaction per
+batch; on PostgreSQL, statements on one of the event loop's connections).
 """
 
 import asyncio
@@ -147,7 +149,7 @@ def give_back(token_id: UUID, project_id: UUID, allowance: Allowance) -> None:
 
 
 class _GroupCommit:
-    """Charges from one event loop, written on the database thread: each transaction takes all that are waiting.
+    """Charges from one event loop, written in groups: each write takes all that are waiting.
 
     Every caller returns once its own charge is committed (or raises what the transaction raised)."""
 
@@ -166,7 +168,7 @@ class _GroupCommit:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                await db.run(charge, [item for item, _ in batch])
+                await _write_charges(_summed([item for item, _ in batch]))
             except Exception as exc:  # each waiting caller decides what a failure means for it
                 for _, done in batch:
                     if not done.done():
@@ -181,18 +183,38 @@ _group_commits: dict[asyncio.AbstractEventLoop, _GroupCommit] = {}
 
 
 async def charge_async(item: Charge) -> None:
-    """From the event loop: one statement on its own connection on PostgreSQL, a group commit on SQLite."""
+    """From the event loop: with the charges of this loop's other responses ending meanwhile (see _GroupCommit)."""
+    loop = asyncio.get_running_loop()
+    group = _group_commits.get(loop)
+    if group is None:
+        for stale in [other for other in _group_commits if other.is_closed()]:
+            del _group_commits[stale]
+        group = _group_commits[loop] = _GroupCommit()
+    await group.charge(item)
+
+
+def _summed(items: list[Charge]) -> list[Charge]:
+    """One charge per token and project: the costs and tokens of a batch added up."""
+    sums: dict[tuple[UUID, UUID], Charge] = {}
+    for item in items:
+        key = (item.token_id, item.project_id)
+        if (known := sums.get(key)) is not None:
+            item = Charge(item.token_id, item.project_id, known.cost_usd + item.cost_usd, known.tokens + item.tokens)
+        sums[key] = item
+    return list(sums.values())
+
+
+async def _write_charges(items: list[Charge]) -> None:
     if not db.is_postgresql():
-        loop = asyncio.get_running_loop()
-        group = _group_commits.get(loop)
-        if group is None:
-            for stale in [other for other in _group_commits if other.is_closed()]:
-                del _group_commits[stale]
-            group = _group_commits[loop] = _GroupCommit()
-        await group.charge(item)
+        await db.run(charge, items)
         return
-    params = _charge_params(item, timezone.now(), raw=True)
-    await db.on_loop_connection(lambda conn: conn.execute(_postgresql(_charge_sql()), params))
+    now, statement = timezone.now(), _postgresql(_charge_sql())
+
+    async def run(conn) -> None:
+        for item in items:
+            await conn.execute(statement, _charge_params(item, now, raw=True))
+
+    await db.on_loop_connection(run)
 
 
 async def give_back_async(token_id: UUID, project_id: UUID, allowance: Allowance) -> None:
