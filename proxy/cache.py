@@ -96,22 +96,27 @@ def plan(
     body: bytes,
     model: str,
     cache_control: str,
+    document: dict | None = None,
 ) -> Plan:
-    """The plan for a request of a project whose cache mode is not `off`."""
+    """The plan for a request of a project whose cache mode is not `off`. `document`: the body's JSON object when the
+    caller has read it already (proxy.payload), so it is not parsed twice; it is not changed here."""
     route = "/models" if method == "GET" and api_path.startswith("/models") else api_path
     if (method, route) not in CACHEABLE:
         return BYPASS
     asked = directives(cache_control)
     if "no-store" in asked:
         return BYPASS
-    document: dict = {}
-    if method == "POST":
+    if method != "POST":
+        document = {}
+    elif document is None:
         try:
             document = json.loads(body)
         except (ValueError, RecursionError):
             return BYPASS
         if not isinstance(document, dict):
             return BYPASS
+    else:
+        document = dict(document)
     ttl = _seconds(asked.get("s-maxage")) or _seconds(asked.get("max-age"))
     deterministic = _is_zero(document.get("temperature")) or document.get("seed") is not None
     if not ttl and mode == "on" and (api_path == "/embeddings" or deterministic):

@@ -36,6 +36,7 @@ class Payload:
     usage_injected: bool = False  # the client did not ask for the usage event: remove it from the stream
     duplicate_model: bool = False  # the body names its model more than once (refused when the policy reads models)
     model_too_long: bool = False  # longer than a model name may be: `model` holds only its start (no rule allows it)
+    document: dict | None = None  # the JSON object read from the body, if it was (as sent: rewrites applied)
 
 
 def inspect(body: bytes, content_type: str, api_path: str, policy: RequestPolicy = UNRESTRICTED) -> Payload:
@@ -110,7 +111,7 @@ def _inspect_json(body: bytes, api_path: str, policy: RequestPolicy, must_read: 
     if rewrite:
         # A lone surrogate cannot be encoded: it goes on as the JSON escape the client sent (`\ud800`).
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
-    return Payload(body, model=model, usage_injected=injected, model_too_long=too_long)
+    return Payload(body, model=model, usage_injected=injected, model_too_long=too_long, document=document)
 
 
 def _text(value: str) -> str:

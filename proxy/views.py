@@ -334,6 +334,7 @@ def _check(
             body=body,
             model=sent.model,
             cache_control=cache_control,
+            document=sent.document,
         )
         if plan.key is None or not cache_store.available():
             exchange.cache = cache.Result.BYPASS
