@@ -20,6 +20,8 @@ from uvicorn import Server
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
+from llmproxy.balance import own_sockets
+
 logger = logging.getLogger("uvicorn.error")
 
 # Descriptors a worker needs besides its connections: listening sockets, log and metrics files, the event loop's
@@ -183,7 +185,8 @@ class QuietServer(Server):
 
 
 class LimitedUvicornWorker(UvicornWorker):
-    """gunicorn's uvicorn worker serving with LimitedHttpToolsProtocol, on a QuietServer."""
+    """gunicorn's uvicorn worker serving with LimitedHttpToolsProtocol, on a QuietServer, with a listening socket
+    of its own beside the shared one (llmproxy.balance)."""
 
     CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": LimitedHttpToolsProtocol}
 
@@ -192,7 +195,8 @@ class LimitedUvicornWorker(UvicornWorker):
         self.config.app = self.wsgi
         server = QuietServer(config=self.config)
         self._install_sigquit_handler()
-        await server.serve(sockets=self.sockets)
+        own = own_sockets(self.sockets, workers=self.cfg.workers, backlog=self.cfg.backlog)
+        await server.serve(sockets=[*own, *self.sockets])
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
