@@ -7,7 +7,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-from proxy.admission import admit
+from proxy.admission import admit, admit_async
 from tokens import secret
 from tokens.models import Token, TokenStatus
 from tokens.services import token_revoke
@@ -92,3 +92,31 @@ def test_fifty_concurrent_requests_on_a_limit_of_ten_admit_exactly_ten(
     token = Token.objects.get(pk=issued.token.pk)
     assert token.request_count == 10 and token.status == TokenStatus.LIMIT_REACHED
     assert len(proxy_server.pids()) >= 3, "served by gunicorn with at least two workers"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admissions_waiting_together_each_get_their_own_answer(make_project, make_token, operator):
+    """On SQLite the admissions waiting for the database thread run as one group (on PostgreSQL each on its own):
+    every one is still decided and counted for its own token, in the order they came."""
+    project = make_project()
+    limited = make_token(project, max_requests=3)
+    revoked = make_token(project)
+    token_revoke(token=revoked.token, actor=operator)
+    plain = make_token(project)
+    unknown = secret.digest(secret.TOKEN.generate())
+    digests = [secret.digest(limited.plaintext)] * 5 + [secret.digest(revoked.plaintext), unknown]
+    digests += [secret.digest(plain.plaintext)] * 4
+
+    async def admit_all() -> list:
+        return await asyncio.gather(*(admit_async(digest) for digest in digests))
+
+    results = asyncio.run(admit_all())
+
+    codes = [result.refusal.code if result.refusal else "admitted" for result in results]
+    assert (
+        codes
+        == ["admitted"] * 3 + ["request_limit_reached"] * 2 + ["token_revoked", "invalid_token"] + ["admitted"] * 4
+    )
+    assert {result.token_id for result in results[:5]} == {limited.token.pk}
+    assert Token.objects.get(pk=limited.token.pk).request_count == 3
+    assert Token.objects.get(pk=plain.token.pk).request_count == 4
