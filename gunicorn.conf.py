@@ -16,8 +16,6 @@ worker_class = "llmproxy.server.LimitedUvicornWorker"
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "300"))
 # Async workers heartbeat from their event loop; this only catches a wedged worker.
 timeout = int(os.environ.get("WORKER_TIMEOUT", "120"))
-# Each worker listens on a socket of its own too, and new connections are spread over them (llmproxy.balance).
-reuse_port = os.environ.get("REUSE_PORT", "1") != "0"
 keepalive = int(os.environ.get("KEEPALIVE", "75"))
 accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"

@@ -20,7 +20,7 @@ from uvicorn import Server
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-from llmproxy.balance import own_sockets
+from llmproxy.balance import OneAtATime
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -162,10 +162,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 class QuietServer(Server):
     """uvicorn's server, its housekeeping (the Date header, the heartbeat to gunicorn, whether to exit) once a second
     rather than ten times: each wake-up of an idle worker cost about 0.3 ms of CPU, 3 ms a second per worker. A
-    signal to exit wakes it at once, so it stops as promptly as before."""
+    signal to exit wakes it at once, so it stops as promptly as before. The sockets it is given (gunicorn's, shared
+    by the workers) it serves one connection at a time (llmproxy.balance)."""
 
     _wake: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list | None = None) -> None:
+        if sockets is None:
+            await super().startup()
+            return
+        await super().startup(sockets=[])  # the lifespan, and no server of uvicorn's own
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.servers = [OneAtATime(loop, sock, create_protocol, ssl=config.ssl) for sock in sockets]
 
     async def main_loop(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
@@ -185,8 +200,7 @@ class QuietServer(Server):
 
 
 class LimitedUvicornWorker(UvicornWorker):
-    """gunicorn's uvicorn worker serving with LimitedHttpToolsProtocol, on a QuietServer, with a listening socket
-    of its own beside the shared one (llmproxy.balance)."""
+    """gunicorn's uvicorn worker serving with LimitedHttpToolsProtocol, on a QuietServer."""
 
     CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": LimitedHttpToolsProtocol}
 
@@ -195,8 +209,7 @@ class LimitedUvicornWorker(UvicornWorker):
         self.config.app = self.wsgi
         server = QuietServer(config=self.config)
         self._install_sigquit_handler()
-        own = own_sockets(self.sockets, workers=self.cfg.workers, backlog=self.cfg.backlog)
-        await server.serve(sockets=[*own, *self.sockets])
+        await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 

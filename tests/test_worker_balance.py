@@ -36,18 +36,26 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def test_thirty_two_connections_opened_at_once_are_served_by_both_workers(proxy_server):
-    host, port = proxy_server.url.removeprefix("http://").split(":")
-    connections = [socket.create_connection((host, int(port))) for _ in range(32)]
+def _burst(server, count: int) -> Counter:
+    """Open `count` connections at once, one request on each; how many each worker holds."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connections = [socket.create_connection((host, int(port))) for _ in range(count)]
     try:
         for sock in connections:  # a whole request on each, so each has been accepted and answered
             sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
         for sock in connections:
             assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
         established = _established_from(int(port))
-        held = Counter({pid: len(_socket_inodes(pid) & established) for pid in child_pids(proxy_server.process.pid)})
+        return Counter({pid: len(_socket_inodes(pid) & established) for pid in child_pids(server.process.pid)})
     finally:
         for sock in connections:
             sock.close()
-    assert sum(held.values()) == 32
-    assert len(held) == 2 and min(held.values()) >= 6, f"connections per worker: {dict(held)}"
+
+
+def test_thirty_two_connections_opened_at_once_are_served_by_both_workers(proxy_server):
+    _burst(proxy_server, 32)  # both workers past their first request (a cold one is slow to come back)
+    bursts = [_burst(proxy_server, 32) for _ in range(3)]
+    held = sum(bursts, Counter())
+    assert sum(held.values()) == 96
+    # Taking turns is a race each time (a worker held up for a moment misses its turns), so over three bursts.
+    assert len(held) == 2 and min(held.values()) >= 24, f"connections per worker: {[dict(b) for b in bursts]}"
