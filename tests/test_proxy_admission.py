@@ -7,6 +7,7 @@ import openai
 import pytest
 from django.utils import timezone
 
+from proxy import db
 from proxy.admission import admit, admit_async
 from tokens import secret
 from tokens.models import Token, TokenStatus
@@ -97,7 +98,7 @@ def test_fifty_concurrent_requests_on_a_limit_of_ten_admit_exactly_ten(
 @pytest.mark.django_db(transaction=True)
 def test_admissions_waiting_together_each_get_their_own_answer(make_project, make_token, operator):
     """On SQLite the admissions waiting for the database thread run as one group (on PostgreSQL each on its own):
-    every one is still decided and counted for its own token, in the order they came."""
+    every one is still decided and counted for its own token."""
     project = make_project()
     limited = make_token(project, max_requests=3)
     revoked = make_token(project)
@@ -108,15 +109,17 @@ def test_admissions_waiting_together_each_get_their_own_answer(make_project, mak
     digests += [secret.digest(plain.plaintext)] * 4
 
     async def admit_all() -> list:
-        return await asyncio.gather(*(admit_async(digest) for digest in digests))
+        results = await asyncio.gather(*(admit_async(digest) for digest in digests))
+        if db.is_postgresql():
+            await (await db.loop_pool()).close()  # this loop's connections, which would outlive the test
+        return results
 
     results = asyncio.run(admit_all())
 
     codes = [result.refusal.code if result.refusal else "admitted" for result in results]
-    assert (
-        codes
-        == ["admitted"] * 3 + ["request_limit_reached"] * 2 + ["token_revoked", "invalid_token"] + ["admitted"] * 4
-    )
+    # Which of one token's concurrent requests get its last places is a race; how many do is not.
+    assert sorted(codes[:5]) == ["admitted"] * 3 + ["request_limit_reached"] * 2
+    assert codes[5:] == ["token_revoked", "invalid_token"] + ["admitted"] * 4
     assert {result.token_id for result in results[:5]} == {limited.token.pk}
     assert Token.objects.get(pk=limited.token.pk).request_count == 3
     assert Token.objects.get(pk=plain.token.pk).request_count == 4
