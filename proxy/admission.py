@@ -25,17 +25,11 @@ refuses once they have reached their limit, and `proxy.settlement` charges them 
 
 `admit_async` is what the view awaits: on PostgreSQL the statement runs on one of the event loop's own async
 connections (proxy.db), with no hop to a thread. On SQLite the admissions waiting for the database thread are run
-together, each its own statements as above, in one IMMEDIATE transaction (`_Waiting`): SQLite's write lock is then
-taken once per group rather than once per request. Taking it is what limited two workers to one core's worth of
-requests together: a worker that finds the lock held sleeps 1, 2, 5, 10 ms… before it tries again (SQLite's busy
-handler), while the other takes it again and again. Grouped, a worker that waited admits everything that queued
-meanwhile in one go. Either way a dead connection costs one retry (proxy.db).
+together, each its own statements as above, in one IMMEDIATE transaction (proxy.db.run_grouped). Either way a dead
+connection costs one retry (proxy.db).
 """
 
-import asyncio
-import threading
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -290,8 +284,9 @@ def admit(digest: str, now: datetime | None = None) -> Admission:
 
 
 def admit_in_transaction(digest: str) -> Admission:
-    """SQLite: `admit` inside the caller's (IMMEDIATE) transaction, so what the caller writes next commits with the
-    count (proxy.cache_store: a cache hit's count)."""
+    """SQLite: `admit` inside the caller's (IMMEDIATE) transaction: the transaction of the admissions waiting
+    together (proxy.db.run_grouped), so what the caller writes next commits with the count (proxy.cache_store: a
+    cache hit's count)."""
     now = timezone.now()
     row = _sqlite_row(_params(digest, now, connection.ops.adapt_datetimefield_value(now)))
     if row is not None:
@@ -310,68 +305,10 @@ def _sqlite_row(params: dict) -> tuple | None:
     return row
 
 
-def _admit_all(digests: list[str]) -> list[Admission]:
-    """SQLite: `admit` for each digest, all in one transaction (a database thread)."""
-    now = timezone.now()
-    params = {"now": connection.ops.adapt_datetimefield_value(now), "minute": minute_key(now), **period_keys(now)}
-    with transaction.atomic():
-        rows = [_sqlite_row({**params, "digest": digest}) for digest in digests]
-    return [
-        why_refused(digest, now) if row is None else _admitted(row, now)
-        for digest, row in zip(digests, rows, strict=True)
-    ]
-
-
-class _Waiting:
-    """SQLite: the admissions waiting for the database thread. The first to arrive while none is queued there puts
-    a run on it; the run takes every admission waiting by then and answers them together, with one call into each
-    event loop."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiting: list[tuple[str, asyncio.Future, asyncio.AbstractEventLoop]] = []
-
-    async def admit(self, digest: str) -> Admission:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        with self._lock:
-            self._waiting.append((digest, future, loop))
-            first = len(self._waiting) == 1
-        if first:
-            db.submit(self._run)
-        return await future
-
-    def _run(self) -> None:
-        with self._lock:
-            waiting, self._waiting = self._waiting, []
-        try:
-            results: list = db.call(_admit_all, [digest for digest, _, _ in waiting])
-        except Exception as error:  # noqa: BLE001 - each request answers for it (503 when the database is away)
-            results = [error] * len(waiting)
-        answers = defaultdict(list)
-        for (_, future, loop), result in zip(waiting, results, strict=True):
-            answers[loop].append((future, result))
-        for loop, pairs in answers.items():
-            loop.call_soon_threadsafe(_answer, pairs)
-
-
-def _answer(pairs: list[tuple[asyncio.Future, Admission | Exception]]) -> None:
-    for future, result in pairs:
-        if future.cancelled():  # the client went away; as before, its request was counted
-            continue
-        if isinstance(result, Exception):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
-
-
-_sqlite_waiting = _Waiting()
-
-
 async def admit_async(digest: str) -> Admission:
     """`admit`, awaited from the event loop."""
     if not db.is_postgresql():
-        return await _sqlite_waiting.admit(digest)
+        return await db.run_grouped(admit_in_transaction, digest)
     now = timezone.now()
     params = _params(digest, now, now)
 

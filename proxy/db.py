@@ -23,13 +23,15 @@ a connect timeout, so they come back within a second of the database.
 import asyncio
 import contextvars
 import os
+import threading
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import psycopg
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections, transaction
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 T = TypeVar("T")
@@ -88,6 +90,78 @@ async def run(fn: Callable[..., T], *args) -> T:
     whose own bookkeeping per call this does without)."""
     context = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(_pool(), context.run, call, fn, *args)
+
+
+class _Group:
+    """SQLite: work waiting for the database thread, run together in one transaction (see `run_grouped`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[Callable, tuple, asyncio.Future, asyncio.AbstractEventLoop]] = []
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._waiting.append((fn, args, future, loop))
+            first = len(self._waiting) == 1
+        if first:
+            submit(self._run)
+        return await future
+
+    def _run(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        try:
+            results = call(_in_one_transaction, [(fn, args) for fn, args, _, _ in waiting])
+        except Exception as error:  # the transaction itself failed: every caller answers for it
+            results = [error] * len(waiting)
+        answers = defaultdict(list)
+        for (_, _, future, loop), result in zip(waiting, results, strict=True):
+            answers[loop].append((future, result))
+        for loop, pairs in answers.items():
+            loop.call_soon_threadsafe(_answer, pairs)
+
+
+def _in_one_transaction(work: list[tuple[Callable, tuple]]) -> list:
+    """Each function's result, or the exception it raised (its own: a function that writes in a savepoint of its own
+    takes nothing of the others with it); the connection's errors fail them all, to be run again (`call`)."""
+    results = []
+    with transaction.atomic():
+        for fn, args in work:
+            try:
+                results.append(fn(*args))
+            except CONNECTION_ERRORS:
+                raise
+            except Exception as error:
+                results.append(error)
+    return results
+
+
+def _answer(pairs: list[tuple[asyncio.Future, object]]) -> None:
+    for future, result in pairs:
+        if future.cancelled():  # its client went away; what it did stands, as if it had waited
+            continue
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+_group = _Group()
+
+
+async def run_grouped(fn: Callable[..., T], *args) -> T:
+    """SQLite: `fn` on the database thread, inside one IMMEDIATE transaction with whatever else waits for the
+    thread meanwhile (the first to arrive puts a run on the thread; the run takes all that waits by then, and answers
+    them with one call into each event loop).
+
+    SQLite lets one writer in at a time, across all processes, and a writer that finds the lock held sleeps 1, 2,
+    5, 10 ms… before it tries again (its busy handler), while the holder takes it again and again: taken once per
+    request, by admission, that limited two workers to one core's worth of requests together (445 req/s at c=32 on
+    the shared benchmark). Taken once per group, a worker that waited runs everything that queued meanwhile in one
+    go (1,010 req/s)."""
+    return await _group.run(fn, *args)
 
 
 def submit(fn: Callable[..., T], *args) -> Future:

@@ -95,7 +95,7 @@ def count_hit(token_id: UUID) -> None:
 
 async def count_hit_async(token_id: UUID) -> None:
     if not db.is_postgresql():
-        await db.run(count_hit, token_id)
+        await db.run_grouped(count_hit, token_id)  # with the admissions waiting meanwhile: one write lock for all
         return
     await db.on_loop_connection(lambda conn: conn.execute(hit_sql(), {"token": token_id}))
 

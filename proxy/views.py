@@ -178,7 +178,9 @@ async def _forward(
     looked_up = False
     try:
         if cache_store.in_admission(digest):
-            admitted, checked, looked_up, found = await db.run(cache_store.admit_and_take, digest, check_request)
+            admitted, checked, looked_up, found = await db.run_grouped(
+                cache_store.admit_and_take, digest, check_request
+            )
         else:
             admitted = await admission.admit_async(digest)
     except (DatabaseError, psycopg.Error, PoolTimeout) as exc:
