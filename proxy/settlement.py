@@ -206,7 +206,7 @@ def _summed(items: list[Charge]) -> list[Charge]:
 
 async def _write_charges(items: list[Charge]) -> None:
     if not db.is_postgresql():
-        await db.run(charge, items)
+        await db.run_grouped(charge, items)  # with the admissions waiting meanwhile: one write lock for all
         return
     now, statement = timezone.now(), _postgresql(_charge_sql())
 
@@ -219,7 +219,7 @@ async def _write_charges(items: list[Charge]) -> None:
 
 async def give_back_async(token_id: UUID, project_id: UUID, allowance: Allowance) -> None:
     if not db.is_postgresql():
-        await db.run(give_back, token_id, project_id, allowance)
+        await db.run_grouped(give_back, token_id, project_id, allowance)
         return
     params = _give_back_params(token_id, project_id, allowance, raw=True)
     await db.on_loop_connection(lambda conn: conn.execute(_postgresql(_give_back_sql()), params))
