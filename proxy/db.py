@@ -21,8 +21,10 @@ a connect timeout, so they come back within a second of the database.
 """
 
 import asyncio
+import contextlib
 import contextvars
 import os
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -98,6 +100,11 @@ class _Group:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: list[tuple[Callable, tuple, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._runs = 0  # runs put on the thread and not finished
+
+    @property
+    def idle(self) -> bool:
+        return self._runs == 0 and not self._waiting
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         loop = asyncio.get_running_loop()
@@ -105,6 +112,7 @@ class _Group:
         with self._lock:
             self._waiting.append((fn, args, future, loop))
             first = len(self._waiting) == 1
+            self._runs += first
         if first:
             submit(self._run)
         return await future
@@ -116,6 +124,9 @@ class _Group:
             results = call(_in_one_transaction, [(fn, args) for fn, args, _, _ in waiting])
         except Exception as error:  # the transaction itself failed: every caller answers for it
             results = [error] * len(waiting)
+        finally:
+            with self._lock:
+                self._runs -= 1
         answers = defaultdict(list)
         for (_, _, future, loop), result in zip(waiting, results, strict=True):
             answers[loop].append((future, result))
@@ -162,6 +173,41 @@ async def run_grouped(fn: Callable[..., T], *args) -> T:
     the shared benchmark). Taken once per group, a worker that waited runs everything that queued meanwhile in one
     go (1,010 req/s)."""
     return await _group.run(fn, *args)
+
+
+def group_idle() -> bool:
+    """Nothing waits for the database thread's grouped runs, and none is running (see `loop_sqlite`)."""
+    return _group.idle
+
+
+_loop_sqlite = threading.local()
+
+
+def loop_sqlite() -> sqlite3.Connection | None:
+    """SQLite: this thread's (the event loop's) own connection, for one quick write when the worker has nothing else
+    for the database (proxy.admission), or None for a database only in memory.
+
+    A hop to the database thread and back costs more than admission's statements on an idle machine: each side of it
+    wakes a sleeping thread (0.7 ms of the 0.85 ms an admission took at c=1, measured). This connection never waits
+    for SQLite's lock (busy timeout 0): when the lock is held, the caller goes to the database thread as before."""
+    found = getattr(_loop_sqlite, "connection", None)
+    if found is None:
+        name = str(connections[DEFAULT_DB_ALIAS].settings_dict["NAME"])
+        if name == ":memory:" or "mode=memory" in name:
+            return None
+        found = sqlite3.connect(name, timeout=0, isolation_level=None, uri=name.startswith("file:"))
+        found.execute("PRAGMA synchronous = NORMAL")
+        _loop_sqlite.connection = found
+    return found
+
+
+def drop_loop_sqlite() -> None:
+    """Close this thread's connection after a failure: the next use opens a fresh one."""
+    found = getattr(_loop_sqlite, "connection", None)
+    _loop_sqlite.connection = None
+    if found is not None:
+        with contextlib.suppress(sqlite3.Error):
+            found.close()
 
 
 def submit(fn: Callable[..., T], *args) -> Future:
