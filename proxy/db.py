@@ -185,7 +185,7 @@ _loop_sqlite = threading.local()
 
 def loop_sqlite() -> sqlite3.Connection | None:
     """SQLite: this thread's (the event loop's) own connection, for one quick write when the worker has nothing else
-    for the database (proxy.admission), or None for a database only in memory.
+    for the database (proxy.admission), or None (a database only in memory, or one that cannot be opened now).
 
     A hop to the database thread and back costs more than admission's statements on an idle machine: each side of it
     wakes a sleeping thread (0.7 ms of the 0.85 ms an admission took at c=1, measured). This connection never waits
@@ -195,8 +195,11 @@ def loop_sqlite() -> sqlite3.Connection | None:
         name = str(connections[DEFAULT_DB_ALIAS].settings_dict["NAME"])
         if name == ":memory:" or "mode=memory" in name:
             return None
-        found = sqlite3.connect(name, timeout=0, isolation_level=None, uri=name.startswith("file:"))
-        found.execute("PRAGMA synchronous = NORMAL")
+        try:
+            found = sqlite3.connect(name, timeout=0, isolation_level=None, uri=name.startswith("file:"))
+            found.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error:
+            return None  # the database thread's own attempt says what is wrong
         _loop_sqlite.connection = found
     return found
 
