@@ -1,6 +1,7 @@
 """Connections opened together are spread over the workers (llmproxy.balance), not taken by whichever wakes first."""
 
 import os
+import select
 import socket
 import sys
 from collections import Counter
@@ -39,7 +40,13 @@ def _socket_inodes(pid: int) -> set[int]:
 def _burst(server, count: int) -> Counter:
     """Open `count` connections at once, one request on each; how many each worker holds."""
     host, port = server.url.removeprefix("http://").split(":")
-    connections = [socket.create_connection((host, int(port))) for _ in range(count)]
+    connections = [socket.socket() for _ in range(count)]
+    for sock in connections:  # all at once, as a client's pool opens them: queued together before a worker wakes
+        sock.setblocking(False)
+        sock.connect_ex((host, int(port)))
+    for sock in connections:
+        select.select([], [sock], [], 5)
+        sock.setblocking(True)
     try:
         for sock in connections:  # a whole request on each, so each has been accepted and answered
             sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
