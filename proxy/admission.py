@@ -34,6 +34,7 @@ free that instant, which spares the hop's two thread wake-ups. Either way a dead
 import contextlib
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -299,13 +300,23 @@ def admit_in_transaction(digest: str) -> Admission:
 
 
 def _sqlite_row(params: dict) -> tuple | None:
-    admit_sql, minute_sql = _sqlite_sql()
     with connection.cursor() as cursor:
-        cursor.execute(admit_sql, params)
-        row = cursor.fetchone()
-        if row is not None and row[_RETURNED.index("p_rpm")] is not None:
-            cursor.execute(minute_sql, {**params, "project_id": row[1]})
-            row = (*row[:7], cursor.fetchone()[0], *row[8:])
+
+        def fetch(sql: str, values: dict) -> tuple | None:
+            cursor.execute(sql, values)
+            return cursor.fetchone()
+
+        return _sqlite_statements(fetch, _sqlite_sql(), params)
+
+
+def _sqlite_statements(fetch: Callable[[str, dict], tuple | None], sql: tuple[str, str], params: dict) -> tuple | None:
+    """The token's update, then the project minute's when it has a per-minute request limit; the row (None:
+    refused). `fetch` runs a statement on the caller's connection and returns its first row."""
+    admit_sql, minute_sql = sql
+    row = fetch(admit_sql, params)
+    if row is not None and row[_RETURNED.index("p_rpm")] is not None:
+        minute = fetch(minute_sql, {**params, "project_id": row[1]})[0]
+        row = (*row[:7], minute, *row[8:])
     return row
 
 
@@ -325,16 +336,12 @@ def _admit_on_loop(digest: str, now: datetime) -> tuple[bool, tuple | None]:
     if conn is None:
         return False, None
     params = _params(digest, now, connection.ops.adapt_datetimefield_value(now))
-    admit_sql, minute_sql = _sqlite_named_sql()
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError:
         return False, None  # the lock is held (or the database is away): the database thread waits for it
     try:
-        row = conn.execute(admit_sql, params).fetchone()
-        if row is not None and row[_RETURNED.index("p_rpm")] is not None:
-            minute = conn.execute(minute_sql, {**params, "project_id": row[1]}).fetchone()[0]
-            row = (*row[:7], minute, *row[8:])
+        row = _sqlite_statements(lambda sql, values: conn.execute(sql, values).fetchone(), _sqlite_named_sql(), params)
         conn.execute("COMMIT")
     except sqlite3.Error:
         with contextlib.suppress(sqlite3.Error):

@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from . import admission, db, settlement
 from .cache import Plan, part
+from .loops import of_this_loop
 from .models import CacheEntry
 
 logger = logging.getLogger(__name__)
@@ -232,15 +233,12 @@ def _redis_key(key: str) -> str:
 
 def _client():
     """This event loop's asyncio client (its connection pool belongs to the loop)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        for stale in [other for other in _clients if other.is_closed()]:
-            del _clients[stale]
-        client = _clients[loop] = redis.asyncio.Redis.from_url(
+    return of_this_loop(
+        _clients,
+        lambda: redis.asyncio.Redis.from_url(
             settings.CACHE_URL, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-        )
-    return client
+        ),
+    )
 
 
 def _pack(entry: Entry) -> bytes:

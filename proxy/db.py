@@ -36,6 +36,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections, transaction
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from .loops import of_this_loop
+
 T = TypeVar("T")
 
 # Errors that say the connection (or the database) is gone, as opposed to a statement's own error.
@@ -247,14 +249,12 @@ def _new_loop_pool() -> AsyncConnectionPool:
 
 async def loop_pool() -> AsyncConnectionPool:
     """This event loop's pool of async PostgreSQL connections (made and opened on first use)."""
-    loop = asyncio.get_running_loop()
-    found = _loop_pools.get(loop)
-    if found is None:
-        for stale in [other for other in _loop_pools if other.is_closed()]:
-            del _loop_pools[stale]
+
+    def make() -> tuple[AsyncConnectionPool, asyncio.Task]:
         pool = _new_loop_pool()
-        found = _loop_pools[loop] = (pool, loop.create_task(pool.open()))
-    pool, opened = found
+        return pool, asyncio.get_running_loop().create_task(pool.open())
+
+    pool, opened = of_this_loop(_loop_pools, make)
     await opened
     return pool
 

@@ -38,6 +38,7 @@ from tokens.models import Token
 
 from . import db
 from .admission import Allowance
+from .loops import of_this_loop
 
 
 @dataclass(frozen=True)
@@ -184,13 +185,7 @@ _group_commits: dict[asyncio.AbstractEventLoop, _GroupCommit] = {}
 
 async def charge_async(item: Charge) -> None:
     """From the event loop: with the charges of this loop's other responses ending meanwhile (see _GroupCommit)."""
-    loop = asyncio.get_running_loop()
-    group = _group_commits.get(loop)
-    if group is None:
-        for stale in [other for other in _group_commits if other.is_closed()]:
-            del _group_commits[stale]
-        group = _group_commits[loop] = _GroupCommit()
-    await group.charge(item)
+    await of_this_loop(_group_commits, _GroupCommit).charge(item)
 
 
 def _summed(items: list[Charge]) -> list[Charge]:

@@ -23,6 +23,8 @@ from django.conf import settings
 
 from llmproxy import egress
 
+from .loops import of_this_loop
+
 # What httpx.AsyncClient adds to every request unless the request has its own (Accept-Encoding is always set).
 _DEFAULT_HEADERS = (
     (b"accept", b"*/*"),
@@ -112,12 +114,7 @@ def _prefix(url: str) -> str:
 def transport(base_url: str | None = None) -> ShardedTransport:
     """This event loop's transport for the origin of `base_url` (a base URL or any URL with that origin; None: the
     global UPSTREAM_BASE_URL), made on first use with the settings of that moment."""
-    loop = asyncio.get_running_loop()
-    loop_transports = _transports.get(loop)
-    if loop_transports is None:
-        for stale in [other for other in _transports if other.is_closed()]:
-            del _transports[stale]
-        loop_transports = _transports[loop] = _LoopTransports()
+    loop_transports = of_this_loop(_transports, _LoopTransports)
     prefix = _prefix(settings.UPSTREAM_BASE_URL if base_url is None else base_url)
     found = loop_transports.by_prefix.get(prefix)
     if found is None:
