@@ -252,6 +252,10 @@ PROXY_INSPECT_MAX_BYTES = env.int("PROXY_INSPECT_MAX_BYTES", default=4 * 1024 * 
 PROXY_DB_THREADS = env.int("PROXY_DB_THREADS", default=4)
 # PostgreSQL: async connections (per worker) on which admission statements run from the event loop.
 PROXY_ADMISSION_CONNECTIONS = env.int("PROXY_ADMISSION_CONNECTIONS", default=4)
+# PostgreSQL: the proxy's own statements on those connections are prepared on each (parsed and planned once, not per
+# request). Off for a pooler that cannot keep prepared statements (PgBouncer in transaction mode before 1.21, or
+# with max_prepared_statements = 0).
+PROXY_PREPARED_STATEMENTS = env.bool("PROXY_PREPARED_STATEMENTS", default=True)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=2000)
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
 # Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).

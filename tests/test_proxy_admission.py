@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import openai
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from proxy import db
@@ -123,3 +124,30 @@ def test_admissions_waiting_together_each_get_their_own_answer(make_project, mak
     assert {result.token_id for result in results[:5]} == {limited.token.pk}
     assert Token.objects.get(pk=limited.token.pk).request_count == 3
     assert Token.objects.get(pk=plain.token.pk).request_count == 4
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepared", [True, False])
+def test_admission_is_prepared_once_per_connection_unless_turned_off(settings, make_project, make_token, prepared):
+    """Parsing and planning admission's statement cost the database twice what running it does, so each of the
+    event loop's connections prepares it once; behind a pooler that cannot keep prepared statements it is off."""
+    settings.PROXY_PREPARED_STATEMENTS = prepared
+    settings.PROXY_ADMISSION_CONNECTIONS = 1  # so every admission below runs on the same connection
+    issued = make_token(make_project())
+
+    async def admit_and_look() -> tuple[list, int]:
+        results = [await admit_async(secret.digest(issued.plaintext)) for _ in range(3)]
+        try:
+            cursor = await db.on_loop_connection(
+                lambda conn: conn.execute("SELECT statement FROM pg_prepared_statements")
+            )
+            return results, await cursor.fetchall()
+        finally:
+            await (await db.loop_pool()).close()
+
+    results, statements = asyncio.run(admit_and_look())
+    assert all(result.refusal is None for result in results)
+    assert Token.objects.get(pk=issued.token.pk).request_count == 3
+    admitting = [text for (text,) in statements if "FOR UPDATE OF t" in text]
+    assert len(admitting) == (1 if prepared else 0)
