@@ -17,7 +17,7 @@ judged by the IPv4 address it carries.
 
 They are checked twice. When a URL is saved, `check_upstream_url` refuses it with a clear message (the scheme, the
 parts a base URL must not have, and every address its host name resolves to then). When the proxy connects,
-`GuardedBackend` resolves the name again and checks every address before it connects, on every new connection: a
+`allowed_addresses` resolves the name again and checks every address before it connects, on every new connection: a
 name that resolved to a public address at save time and to 169.254.169.254 now (DNS rebinding) is refused then.
 
 The global `UPSTREAM_BASE_URL` is the operator's own setting and is trusted: its origin is not guarded (see
@@ -36,12 +36,9 @@ import urllib.request
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-
-from llmproxy import asyncio_backend
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -98,7 +95,7 @@ class UpstreamUrlError(ValueError):
     """An upstream URL that may not be used; `str()` is one line for whoever typed it in."""
 
 
-class AddressRefused(httpcore.ConnectError):
+class AddressRefused(Exception):
     """A connection the guard refused: the host resolves to an address `address_refusal` refuses."""
 
     def __init__(self, host: str, address: str, reason: str) -> None:
@@ -264,85 +261,35 @@ def _resolver_error(exc: BaseException) -> str:
 
 
 # --- connecting -----------------------------------------------------------------------------------------------------
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, with every address a host resolves to checked before any connection is made.
-
-    The host is resolved here, on the event loop, within the connect timeout; the inner backend is then given an
-    allowed IP address, so it does not resolve the name again (a second answer could differ). TLS is not affected:
-    httpcore passes the URL's host name as `server_hostname` to `start_tls` (httpcore/_async/connection.py,
-    `_connect`), so SNI and certificate verification use the name, not the address connected to.
-    """
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        try:
-            async with asyncio.timeout(timeout):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"{host} did not resolve within {timeout:g} s") from None
-        except (OSError, UnicodeError) as exc:
-            raise httpcore.ConnectError(f"{host} does not resolve ({_resolver_error(exc)})") from None
-        addresses = _addresses(infos)
-        if not addresses:
-            raise httpcore.ConnectError(f"{host} has no address")
-        for address in addresses:
-            reason = address_refusal(address)
-            if reason is not None:
-                raise AddressRefused(host, address, reason)
-        failure: Exception | None = None
-        for address in addresses:  # the first that accepts, in the resolver's order; a timeout ends the attempt
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout=remaining, local_address=local_address, socket_options=socket_options
-                )
-            except httpcore.ConnectTimeout:
-                raise
-            except httpcore.ConnectError as exc:
-                failure = exc
-        raise failure
-
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("the upstream guard does not connect to Unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def install_guard(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncHTTPTransport:
-    """Put `GuardedBackend` under a transport's connection pool, before its first connection; returns the transport.
-
-    httpx does not let a caller choose httpcore's network backend, so this reaches into its private `_pool` (an
-    `httpcore.AsyncConnectionPool` when no egress proxy is set) and wraps the pool's `_network_backend`, which every
-    connection the pool makes is given. Checked against httpx 0.28 / httpcore 1.0; tests/test_egress.py proves
-    the guard is in the path, so an upgrade that moves these attributes fails there, not silently.
-    """
-    pool = transport._pool
-    if not isinstance(pool, httpcore.AsyncConnectionPool) or isinstance(
-        pool, (httpcore.AsyncHTTPProxy, httpcore.AsyncSOCKSProxy)
-    ):
-        raise TypeError("the upstream guard goes only under a direct connection pool (no egress proxy)")
-    if not isinstance(pool._network_backend, GuardedBackend):
-        pool._network_backend = GuardedBackend(pool._network_backend)
-    return transport
+async def allowed_addresses(host: str, port: int, timeout: float | None) -> list[str]:
+    """The addresses a guarded connection may try, in the resolver's order: the host is resolved here, on the event
+    loop, within the connect timeout, and every address it resolves to is checked (one refused address refuses the
+    name). The connection is then made to an address, so the name is not resolved again (a second answer could
+    differ); TLS still uses the name for SNI and the certificate (`llmproxy.http11`)."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise httpx.ConnectTimeout(f"{host} did not resolve within {timeout:g} s") from None
+    except (OSError, UnicodeError) as exc:
+        raise httpx.ConnectError(f"{host} does not resolve ({_resolver_error(exc)})") from None
+    addresses = _addresses(infos)
+    if not addresses:
+        raise httpx.ConnectError(f"{host} has no address")
+    for address in addresses:
+        reason = address_refusal(address)
+        if reason is not None:
+            refused = AddressRefused(host, address, reason)
+            raise httpx.ConnectError(str(refused)) from refused
+    return addresses
 
 
 def exception_chain(exc: BaseException | None) -> list[BaseException]:
     """An exception and what caused it, outermost first (the first of a group stands for it).
 
-    httpcore wraps an error as the argument of its own (`ConnectError(OSError(…))`), and its pool re-raises with
-    `from None`, so the argument is followed too.
+    httpcore (behind an egress proxy) wraps an error as the argument of its own (`ConnectError(OSError(…))`), and
+    its pool re-raises with `from None`, so the argument is followed too.
     """
     chain: list[BaseException] = []
     while exc is not None and exc not in chain:
@@ -359,7 +306,8 @@ def exception_chain(exc: BaseException | None) -> list[BaseException]:
 
 
 def is_address_refused(exc: BaseException) -> bool:
-    """Whether an exception (httpx's, raised `from` httpcore's) comes from a connection the guard refused."""
+    """Whether an exception (httpx's ConnectError, raised `from` an `AddressRefused`) comes from a connection the guard
+    refused."""
     return any(isinstance(cause, AddressRefused) for cause in exception_chain(exc))
 
 
@@ -393,21 +341,3 @@ def ssl_context() -> ssl.SSLContext:
     """One TLS context for every upstream connection of the process (httpx's defaults: certifi's CAs, or
     SSL_CERT_FILE/SSL_CERT_DIR). httpx would make one per transport, and each costs about 1 MiB and 80 ms."""
     return httpx.create_ssl_context()
-
-
-def new_transport(url: str, *, limits: httpx.Limits, guarded: bool) -> httpx.AsyncHTTPTransport:
-    """An httpx transport for the origin of `url`: through the environment's egress proxy when one is set, else
-    direct, on asyncio's transports (`llmproxy.asyncio_backend`), with `GuardedBackend` over them when `guarded` (a
-    proxy connection is not guarded: see the module doc)."""
-    proxy = environment_proxy(url)
-    transport = httpx.AsyncHTTPTransport(verify=ssl_context(), limits=limits, proxy=proxy)
-    if proxy is None:
-        asyncio_backend.install(transport)
-        if guarded:
-            install_guard(transport)
-    return transport
-
-
-def is_guarded(transport: httpx.AsyncHTTPTransport) -> bool:
-    """Whether `install_guard` is under this transport's pool."""
-    return isinstance(getattr(transport._pool, "_network_backend", None), GuardedBackend)

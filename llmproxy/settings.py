@@ -258,8 +258,6 @@ PROXY_ADMISSION_CONNECTIONS = env.int("PROXY_ADMISSION_CONNECTIONS", default=4)
 PROXY_PREPARED_STATEMENTS = env.bool("PROXY_PREPARED_STATEMENTS", default=True)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=2000)
 PROXY_UPSTREAM_MAX_KEEPALIVE = env.int("PROXY_UPSTREAM_MAX_KEEPALIVE", default=128)
-# Connection pools the upstream connections are spread over (see proxy.upstream.ShardedTransport).
-PROXY_UPSTREAM_POOLS = env.int("PROXY_UPSTREAM_POOLS", default=16)
 # Where a project's own upstream URL may point (llmproxy.egress; the global UPSTREAM_BASE_URL is trusted as it is).
 # Host names (or IP literals) whose upstream may be plain http://, e.g. `127.0.0.1,vllm.internal`:
 UPSTREAM_ALLOW_HTTP_HOSTS = [

@@ -15,8 +15,8 @@ from llmproxy.egress import (
     check_upstream_url,
     exception_chain,
     is_trusted_origin,
-    new_transport,
 )
+from llmproxy.http11 import new_transport
 from llmproxy.security.scrub import scrub_secrets
 from projects import crypto
 from projects.models import Project

@@ -1,10 +1,10 @@
 """The upstream HTTP client: one transport per upstream origin (scheme, host, port) and per event loop of a worker
-process, each made on first use with the same limits.
+process, each made on first use with the same limits (`llmproxy.http11`: HTTP/1.1 on asyncio, kept-alive connections).
 
 The origin of the global UPSTREAM_BASE_URL (the operator's own setting) connects as it always did; every other
-origin (a project's own upstream) has `llmproxy.egress.GuardedBackend` under it, which checks every address a host
-resolves to before connecting. Requests find their transport by the text of their URL up to the path, a dictionary
-lookup (`build_request`); the request then carries it to `send`.
+origin (a project's own upstream) is guarded: every address its host resolves to is checked before connecting
+(`llmproxy.egress`). Requests find their transport by the text of their URL up to the path, a dictionary lookup
+(`build_request`); the request then carries it to `send`.
 
 Requests go straight to the transport (`send`), not through an `httpx.AsyncClient`: the client's layers (auth,
 redirects, event hooks, URL merging and its cookie jar) cost about a fifth of the proxy's CPU per request and the
@@ -22,6 +22,7 @@ import httpx
 from django.conf import settings
 
 from llmproxy import egress
+from llmproxy.http11 import new_transport
 
 from .loops import of_this_loop
 
@@ -33,72 +34,24 @@ _DEFAULT_HEADERS = (
 )
 
 
-class _Released(httpx.AsyncByteStream):
-    """A response body that tells its pool when it is closed."""
+class Upstream:
+    """An origin's transport, with the timeouts its requests carry."""
 
-    def __init__(self, stream: httpx.AsyncByteStream, on_close) -> None:
-        self._stream = stream
-        self._on_close = on_close
-
-    def __aiter__(self):
-        return self._stream.__aiter__()  # the pool's own iterator: no extra generator step per chunk
+    def __init__(self, transport: httpx.AsyncBaseTransport, timeouts: httpx.Timeout) -> None:
+        self.transport = transport
+        self.timeouts = timeouts.as_dict()
+        self.guarded: bool = transport.guarded
 
     async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if self._on_close is not None:
-                self._on_close()
-                self._on_close = None
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Several httpcore connection pools, each request going to the least busy one.
-
-    httpcore's pool rescans all its connections for every waiting request, so its cost per request grows with the
-    number of requests in flight: one pool serves 32 concurrent requests at a quarter of the rate it serves one.
-    Small pools side by side keep that cost flat.
-    """
-
-    def __init__(
-        self, shards: int, limits: httpx.Limits, timeouts: httpx.Timeout, base_url: str, guarded: bool
-    ) -> None:
-        self.timeouts = timeouts.as_dict()  # what each request's extensions carry
-        per_shard = httpx.Limits(
-            max_connections=max(1, (limits.max_connections or 1000) // shards),
-            max_keepalive_connections=max(1, (limits.max_keepalive_connections or 100) // shards),
-            keepalive_expiry=limits.keepalive_expiry,
-        )
-        self._pools = [egress.new_transport(base_url, limits=per_shard, guarded=guarded) for _ in range(shards)]
-        self.guarded = egress.is_guarded(self._pools[0])  # not when an egress proxy is set (egress.new_transport)
-        self._active = [0] * shards
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = min(range(len(self._pools)), key=self._active.__getitem__)
-        self._active[index] += 1
-        try:
-            response = await self._pools[index].handle_async_request(request)
-        except BaseException:
-            self._active[index] -= 1
-            raise
-
-        def release() -> None:
-            self._active[index] -= 1
-
-        response.stream = _Released(response.stream, release)
-        return response
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self.transport.aclose()
 
 
 class _LoopTransports:
     """One event loop's transports: by origin, and by the text of a URL up to its path (the lookup requests use)."""
 
     def __init__(self) -> None:
-        self.by_origin: dict[egress.Origin, ShardedTransport] = {}
-        self.by_prefix: dict[str, ShardedTransport] = {}
+        self.by_origin: dict[egress.Origin, Upstream] = {}
+        self.by_prefix: dict[str, Upstream] = {}
 
 
 _transports: dict[asyncio.AbstractEventLoop, _LoopTransports] = {}
@@ -111,7 +64,7 @@ def _prefix(url: str) -> str:
     return prefix.partition("?")[0] if "?" in prefix else prefix
 
 
-def transport(base_url: str | None = None) -> ShardedTransport:
+def transport(base_url: str | None = None) -> Upstream:
     """This event loop's transport for the origin of `base_url` (a base URL or any URL with that origin; None: the
     global UPSTREAM_BASE_URL), made on first use with the settings of that moment."""
     loop_transports = of_this_loop(_transports, _LoopTransports)
@@ -126,30 +79,27 @@ def transport(base_url: str | None = None) -> ShardedTransport:
     return found
 
 
-def _new_transport(base_url: str) -> ShardedTransport:
+def _new_transport(base_url: str) -> Upstream:
     limits = httpx.Limits(
         max_connections=settings.PROXY_UPSTREAM_MAX_CONNECTIONS,
         max_keepalive_connections=settings.PROXY_UPSTREAM_MAX_KEEPALIVE,
         keepalive_expiry=30.0,
     )
-    return ShardedTransport(
-        settings.PROXY_UPSTREAM_POOLS,
-        limits,
+    return Upstream(
+        new_transport(base_url, limits=limits, guarded=not egress.is_trusted_origin(base_url)),
         httpx.Timeout(
             connect=settings.PROXY_CONNECT_TIMEOUT,
             read=settings.PROXY_READ_TIMEOUT,
             write=settings.PROXY_READ_TIMEOUT,
             pool=settings.PROXY_CONNECT_TIMEOUT,
         ),
-        base_url,
-        guarded=not egress.is_trusted_origin(base_url),
     )
 
 
 class UpstreamRequest(httpx.Request):
     """A request that knows the transport of its origin (picked once, by `build_request`)."""
 
-    transport: ShardedTransport
+    transport: Upstream
 
 
 def build_request(method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamRequest:
@@ -175,7 +125,7 @@ async def send(request: httpx.Request) -> httpx.Response:
     connection the guard refused is an `httpx.ConnectError` for which `egress.is_address_refused` is true.
     """
     found = request.transport if isinstance(request, UpstreamRequest) else transport(str(request.url))
-    response = await found.handle_async_request(request)
+    response = await found.transport.handle_async_request(request)
     response.request = request
     return response
 

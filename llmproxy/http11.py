@@ -1,0 +1,403 @@
+"""HTTP/1.1 to one upstream origin: an httpx transport on asyncio's own transports, with httptools's parser.
+
+httpx is the client library (its requests, responses, timeouts and errors are what the rest of the proxy sees), and a
+transport is its public extension point. Its default one, httpcore's connection pool with h11, took about two fifths of
+the event loop's time per proxied request: anyio locks and cancel scopes around every step, h11's state machine
+and header validation in Python, a pool that rescans its connections for each request. This one does what the proxy
+needs and nothing else, with the same behaviour:
+
+- connections are kept alive and reused, the most recently used first; an idle one is dropped when the upstream has
+  closed it (the loop sees its end as it arrives), when it has sat idle longer than `keepalive_expiry`, or when more
+  than `max_keepalive_connections` are idle; at most `max_connections` are open, a request beyond waits for one
+  (the pool timeout);
+- the request goes out in one write (head and body); the response's head and each chunk of its body are read as
+  they arrive, within the read timeout, by httptools (the C parser uvicorn serves with): Content-Length, chunked or
+  until-close bodies, interim 1xx responses skipped; reading pauses while more than 256 KiB wait for a slow reader;
+- a response whose body is closed before its end (the client went away), a cancelled request, a timeout or a
+  protocol error closes its connection: only a connection whose response ended cleanly is reused;
+- TLS through the loop (the host name for SNI and certificate checks), and with `guarded`, the egress guard's check
+  of every address the name resolves to, on every new connection (`llmproxy.egress.allowed_addresses`);
+- errors are httpx's: ConnectError, ConnectTimeout, PoolTimeout, WriteError, WriteTimeout, ReadTimeout, ReadError,
+  RemoteProtocolError (the upstream closed without an answer or sent what is not HTTP/1.1), LocalProtocolError (a
+  header with a line break, which would split the request).
+
+Requests through an egress proxy (HTTPS_PROXY/HTTP_PROXY) keep httpx's own transport (`llmproxy.egress`).
+"""
+
+import asyncio
+import collections
+import ssl
+import typing
+
+import httptools
+import httpx
+
+from llmproxy import egress
+
+# Reading pauses while this much has arrived and is not yet read; it resumes below half of it.
+_READ_HIGH_WATER = 256 * 1024
+# Methods whose request carries a Content-Length even when the body is empty (as httpx and curl send them).
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection and the response arriving on it."""
+
+    def __init__(self, pool: "Transport") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.state = "active"  # "idle" in the pool, "active" with a request, "closed"
+        self.idle_since = 0.0
+        self.waiter: asyncio.Future | None = None
+        self.ended = False  # the upstream sent its end, or the connection is lost
+        self.error: BaseException | None = None
+        self.writing_paused = False
+        self.reading_paused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Ready for the next request's response."""
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.interim = False  # the response being parsed is a 1xx one, to skip
+        self.no_body = False  # the request was a HEAD: the response ends with its head
+        self.until_close = False  # the body ends when the connection does
+        self.complete = False
+        self.keep_alive = False
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.kept = 0
+
+    # --- asyncio's protocol ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != "active" or self.complete:
+            # Bytes nobody asked for (after a response's end, or on an idle connection): it cannot be reused.
+            self.ended = True
+            self.transport.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = httpx.RemoteProtocolError(f"the upstream's response is not valid HTTP/1.1 ({exc})")
+            self.ended = True
+            self.transport.close()
+        if self.kept > _READ_HIGH_WATER and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        if self.head_done and self.until_close and not self.complete:
+            self.complete = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self.writing_paused = False
+        self._wake()
+        self.pool._lost(self)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake()
+
+    # --- httptools's callbacks (from `feed_data`) ---
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+            self.headers = []
+            return
+        self.status = status
+        self.head_done = True
+        if self.no_body:
+            self.complete = True  # and the connection is not reused: the parser still expects the body
+            return
+        if status not in (204, 304):
+            names = {name.lower() for name, _ in self.headers}
+            self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
+
+    def on_body(self, body: bytes) -> None:
+        if not self.complete:
+            self.chunks.append(body)
+            self.kept += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if not self.complete:
+            self.complete = True
+            self.keep_alive = self.parser.should_keep_alive() and not self.until_close
+
+    # --- used by the transport ---
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until something happens (data, the end, the writer may go on), or TimeoutError after `timeout`."""
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def broken(self) -> BaseException:
+        """What to raise when the connection ended before the response did."""
+        if isinstance(self.error, httpx.HTTPError):
+            return self.error
+        if self.error is not None:
+            return httpx.ReadError(str(self.error) or type(self.error).__name__)
+        if not self.head_done:
+            return httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.RemoteProtocolError("the upstream closed the connection before the response's end")
+
+    def take(self) -> bytes:
+        data = self.chunks.popleft()
+        self.kept -= len(data)
+        if self.reading_paused and self.kept <= _READ_HIGH_WATER // 2 and not self.ended:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def reusable(self, now: float, expiry: float | None) -> bool:
+        return not self.ended and (expiry is None or now - self.idle_since < expiry)
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+def _head(request: httpx.Request, body: bytes) -> bytes:
+    """The request line and headers, checked: a line break or NUL inside a header would split the request."""
+    method = request.method.encode("ascii")
+    headers = request.headers.raw
+    lines = [b"%s %s HTTP/1.1" % (method, request.url.raw_path)]
+    lines += [b"%s: %s" % pair for pair in headers]
+    if (body or method in _BODY_METHODS) and not any(
+        name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers
+    ):
+        lines.append(b"Content-Length: %d" % len(body))
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    expected = len(lines) + 1
+    if head.count(b"\n") != expected or head.count(b"\r") != expected or b"\0" in head:
+        raise httpx.LocalProtocolError("a header name or value holds a line break or NUL")
+    return head
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response's body, as it arrives; closing it gives the connection back (or closes it, before the end)."""
+
+    def __init__(self, pool: "Transport", connection: _Connection, timeout: float | None) -> None:
+        self._pool = pool
+        self._connection: _Connection | None = connection
+        self._timeout = timeout
+
+    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        connection = self._connection
+        if connection is None:
+            return
+        while True:
+            if connection.chunks:
+                yield connection.take()
+            elif connection.complete:
+                return
+            elif connection.ended:
+                raise connection.broken()
+            else:
+                try:
+                    await connection.wait(self._timeout)
+                except TimeoutError:
+                    raise httpx.ReadTimeout("timed out while reading the response") from None
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool._give_back(connection)
+
+
+class Transport(httpx.AsyncBaseTransport):
+    """The connections to one origin (`scheme://host:port`), for one event loop."""
+
+    def __init__(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        *,
+        limits: httpx.Limits,
+        ssl_context: ssl.SSLContext | None = None,
+        guarded: bool = False,
+    ) -> None:
+        self.scheme, self.host, self.port = scheme, host, port
+        self.guarded = guarded
+        self._ssl = (ssl_context or egress.ssl_context()) if scheme == "https" else None
+        self._max = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._idle: list[_Connection] = []  # the most recently used last
+        self._open = 0  # connections open or being opened
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        body = request.content
+        head = _head(request, body)
+        connection = await self._acquire(timeouts)
+        try:
+            connection.no_body = request.method == "HEAD"
+            connection.transport.write(head + body if body else head)
+            while connection.writing_paused and not connection.ended:
+                try:
+                    await connection.wait(timeouts.get("write"))
+                except TimeoutError:
+                    raise httpx.WriteTimeout("timed out while sending the request") from None
+            read_timeout = timeouts.get("read")
+            while not connection.head_done:
+                if connection.ended:
+                    raise connection.broken()
+                try:
+                    await connection.wait(read_timeout)
+                except TimeoutError:
+                    raise httpx.ReadTimeout("timed out waiting for the response") from None
+        except BaseException:
+            self._close(connection)
+            raise
+        return httpx.Response(
+            connection.status,
+            headers=connection.headers,
+            stream=_Body(self, connection, read_timeout),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for connection in self._idle[:]:
+            self._close(connection)
+
+    # --- the pool ---
+    async def _acquire(self, timeouts: dict) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while self._idle:
+                connection = self._idle.pop()
+                connection.state = "active"
+                if connection.reusable(now, self._expiry):
+                    return connection
+                self._close(connection)
+            if self._max is None or self._open < self._max:
+                self._open += 1
+                try:
+                    return await self._connect(timeouts.get("connect"))
+                except BaseException:
+                    self._open -= 1
+                    self._wake_one()
+                    raise
+            waiter = loop.create_future()
+            self._waiting.append(waiter)
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await waiter
+            except TimeoutError:
+                raise httpx.PoolTimeout("no upstream connection became free in time") from None
+            finally:
+                if not waiter.done():
+                    self._waiting.remove(waiter)
+
+    async def _connect(self, timeout: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if self.guarded:
+            addresses = await egress.allowed_addresses(self.host, self.port, timeout)
+        else:
+            addresses = [self.host]
+        failure: BaseException | None = None
+        for address in addresses:  # the first that accepts, in the resolver's order; a timeout ends the attempt
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                async with asyncio.timeout(remaining):
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(self),
+                        address,
+                        self.port,
+                        ssl=self._ssl,
+                        server_hostname=self.host if self._ssl is not None else None,
+                    )
+                return connection
+            except TimeoutError:
+                raise httpx.ConnectTimeout(f"could not connect to {self.host} within {timeout:g} s") from None
+            except (OSError, ssl.SSLError) as exc:
+                failure = exc
+        raise httpx.ConnectError(str(failure) or type(failure).__name__) from failure
+
+    def _give_back(self, connection: _Connection) -> None:
+        """A response's body is closed: its connection goes back to the pool if the response ended cleanly."""
+        if connection.state != "active":
+            return
+        clean = connection.complete and connection.keep_alive and not connection.ended and not connection.chunks
+        if not clean or self._closed or (self._max_idle is not None and len(self._idle) >= self._max_idle):
+            self._close(connection)
+            return
+        connection._reset()
+        connection.state = "idle"
+        connection.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(connection)
+        self._wake_one()
+
+    def _close(self, connection: _Connection) -> None:
+        if connection.state == "closed":
+            return
+        if connection.state == "idle":
+            self._idle.remove(connection)
+        connection.state = "closed"
+        connection.transport.close()
+        self._open -= 1
+        self._wake_one()
+
+    def _lost(self, connection: _Connection) -> None:
+        """The connection ended; an idle one leaves the pool now (an active one when its request is done)."""
+        if connection.state == "idle":
+            self._close(connection)
+
+    def _wake_one(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+def new_transport(url: str, *, limits: httpx.Limits, guarded: bool) -> httpx.AsyncBaseTransport:
+    """A transport for the origin of `url`: this module's, with the egress guard when `guarded`; or, when the
+    environment names an egress proxy for it, httpx's own through that proxy (not guarded: the proxy resolves the
+    upstream's name, see `llmproxy.egress`). Either has `guarded` saying which."""
+    proxy = egress.environment_proxy(url)
+    if proxy is not None:
+        through_proxy = httpx.AsyncHTTPTransport(verify=egress.ssl_context(), limits=limits, proxy=proxy)
+        through_proxy.guarded = False
+        return through_proxy
+    scheme, host, port = egress.origin(url)
+    return Transport(scheme, host, port, limits=limits, guarded=guarded)
