@@ -286,6 +286,11 @@ class _Loop:
         except queue.Empty:
             return []
         items = [first]
+        if isinstance(first, Record) and not self.pending and self.inflight is None:
+            # The first record after a quiet spell (a response just ended) waits for the batch interval too, so its
+            # log line, metrics and write (on SQLite, its write lock) are not in the way of the next request, which
+            # typically follows at once (a client's next call, the next of a CI job's requests).
+            time.sleep(UsageWriter.MIN_INTERVAL)
         while len(items) < UsageWriter.BATCH and first is not None:
             try:
                 items.append(self.source.get_nowait())
