@@ -346,13 +346,11 @@ LOGGING = {
         "plain": {"()": "llmproxy.logs.TextFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "llmproxy.logs.JsonFormatter"},
     },
-    "filters": {"proxied_request_warnings": {"()": "proxy.access_log.ProxiedRequestWarnings"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "proxy.access": {"level": "INFO" if PROXY_ACCESS_LOG else "CRITICAL"},
-        "django.request": {"filters": ["proxied_request_warnings"]},
     },
 }

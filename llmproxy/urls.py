@@ -14,6 +14,5 @@ urlpatterns = [
     path("ready", health.ready, name="ready"),
     path("live", health.live, name="live"),
     path("metrics", metrics_view, name="metrics"),
-    path("v1/", include("proxy.urls")),
     path("manage/", include("llmproxy.manage_api.urls")),
 ]

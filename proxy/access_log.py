@@ -42,15 +42,3 @@ def log_request(row: dict, project: str) -> None:
         "cache": row.get("cache") or None,
     }
     logger.info("%s %s %s", row["method"], text_value(path), row["status"], extra={"fields": fields})
-
-
-class ProxiedRequestWarnings(logging.Filter):
-    """Drops Django's own line about each 4xx or 5xx answer of the proxy ("Unauthorized: /v1/…", "Internal Server
-    Error: /v1/…" for an upstream's 500 passed on): its access line says it all. A real failure of the proxy (an
-    exception, logged with its traceback) still passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and record.exc_info:
-            return True
-        path = getattr(getattr(record, "request", None), "path", "")
-        return not path.startswith("/v1/")

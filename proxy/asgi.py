@@ -1,10 +1,13 @@
-"""How `/v1/` is served: Django's ASGI handler, without the admin's middleware, with the body limit enforced early.
+"""How `/v1/` is served: the proxy's view called straight from the ASGI server, with the body limit enforced early.
 
-The admin's middleware (sessions, CSRF, messages, clickjacking, …) has nothing to do for an API call, and on an
-async request Django runs each of its hooks through a hop to a thread: a dozen hops per request. The proxy's own
-handler loads none, so a request reaches the view directly (URL resolution, the view and its response are plain
-Django). Its body limit (PROXY_MAX_BODY_BYTES) is kept in front of it, by the mechanism every path shares
-(llmproxy.body_limit); a body over it is refused here, in OpenAI's envelope and with a usage record.
+Django's handler, its middleware and its URL resolution have nothing to do for an API call: the view needs the
+scope, the body and its path, and answers with Django's response objects (a refusal, or the relayed `RelayResponse`).
+Building Django's request (its META from every header), resolving the URL, the middleware chain and the request
+signals (each a hop to a thread on an async request) cost about a seventh of a worker's time per request, so
+`ProxyHandler` reads the body, calls `proxy.views.forward` and sends what it returns, beside a listener that cancels
+the view when the client goes away, as Django's own handler does. The body limit (PROXY_MAX_BODY_BYTES) is kept in
+front of it, by the mechanism every path shares (llmproxy.body_limit); a body over it is refused here, in OpenAI's
+envelope and with a usage record.
 """
 
 import asyncio
@@ -13,12 +16,11 @@ import contextlib
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
-from django.core.handlers.exception import convert_exception_to_response
 
 from llmproxy.body_limit import limit_body
 
-from . import errors
-from .exchange import Exchange, read_headers
+from . import errors, views
+from .exchange import Exchange, ProxyRequest, read_headers
 from .relay import RelayResponse, UpstreamInterrupted
 from .writer import writer
 
@@ -26,53 +28,33 @@ PREFIX = "/v1/"
 
 
 class ProxyHandler(ASGIHandler):
-    def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        self._middleware_chain = convert_exception_to_response(
-            self._get_response_async if is_async else self._get_response
-        )
+    """Django's ASGI handler for how it sends a response and listens for the client's disconnect; the request goes
+    to the proxy's view directly (see the module's doc), so no middleware is loaded."""
+
+    def __init__(self) -> None:
+        pass
 
     async def handle(self, scope, receive, send) -> None:
-        """Django's `ASGIHandler.handle` without its hops to a sync thread for the request signals.
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away before its body was sent
+        # As in Django: the listener first (it raises nothing unexpected), so the view is always seen to.
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(self._respond(ProxyRequest(scope, body), send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                with contextlib.suppress(RequestAborted):
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
-        Django sends request_started before the view and request_finished from `response.close()` after the
-        response, each through `sync_to_async`, since their receivers are sync: they close the sync thread's stale
-        database connections and caches and reset a per-request URLconf. The proxy uses none of these (its
-        database work runs on its own threads with their own connections, see proxy.db; no cache, no URLconf
-        override; its responses hold nothing to close), so it skips them. The rest is Django's: the body read,
-        the request, the view and the response sent in a task beside a listener that cancels it when the client
-        goes away.
-        """
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
-        try:
-            request, error_response = self.create_request(scope, body_file)
-            if request is None:
-                await self.send_response(error_response, send)
-                return
-            # As in Django: the listener first (it raises nothing unexpected), so the view is always seen to.
-            tasks = [
-                asyncio.create_task(self.listen_for_disconnect(receive)),
-                asyncio.create_task(self._respond(request, send)),
-            ]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                if task.done():
-                    with contextlib.suppress(RequestAborted):
-                        task.result()
-                else:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        finally:
-            body_file.close()
-
-    async def _respond(self, request, send) -> None:
-        response = await self.run_get_response(request)
+    async def _respond(self, request: ProxyRequest, send) -> None:
+        response = await views.forward(request)
         with contextlib.suppress(asyncio.CancelledError):  # the client went away while it was being sent
             await self.send_response(response, send)
 
@@ -96,8 +78,6 @@ class ProxyHandler(ASGIHandler):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            # Django's own __call__ wraps this in a ThreadSensitiveContext, which starts a new thread per request
-            # for sync code; the proxy's handle runs none (see handle), so none is started.
             await self.handle(scope, receive, send)
         except UpstreamInterrupted:
             # Returning with the response unfinished makes the server close the connection without the final
@@ -107,6 +87,18 @@ class ProxyHandler(ASGIHandler):
     async def too_large(self, scope, send, limit: int) -> None:
         exchange = Exchange.from_scope(scope, read_headers(scope))
         await self.send_response(exchange.refuse(errors.body_too_large(limit)), send)
+
+
+async def _read_body(receive) -> bytes | None:
+    """The request's whole body (within the limit `llmproxy.body_limit` enforces), or None if the client went away."""
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def lifespan(receive, send) -> None:

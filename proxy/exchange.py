@@ -18,6 +18,27 @@ READ_HEADERS = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyRequest:
+    """A request to `/v1/…` as the proxy reads it: its ASGI scope and its whole body (`proxy.asgi` reads it)."""
+
+    scope: dict
+    body: bytes
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
+
+    @property
+    def query(self) -> str:
+        """The query as sent (the server refuses a request line that is not ASCII, so decoding loses nothing)."""
+        return self.scope.get("query_string", b"").decode("latin-1")
+
+    def header(self, name: bytes) -> str | None:
+        """A request header's value (`name` in lower case), or None."""
+        return next((value.decode("latin-1") for key, value in self.scope["headers"] if key == name), None)
+
+
 def read_headers(scope: dict) -> dict[bytes, str]:
     return {name: value.decode("latin-1") for name, value in scope["headers"] if name in READ_HEADERS}
 

@@ -17,9 +17,8 @@ from functools import lru_cache, partial
 import httpx
 import psycopg
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.utils.encoding import escape_uri_path
-from django.views.decorators.csrf import csrf_exempt
 from psycopg_pool import PoolTimeout
 
 from llmproxy import egress
@@ -45,7 +44,7 @@ from . import (
     upstream,
 )
 from .counting import StreamUsage
-from .exchange import Exchange, read_headers, token_prefix
+from .exchange import Exchange, ProxyRequest, read_headers, token_prefix
 from .relay import SETTLE_ERRORS, Relay, RelayResponse, Settlement
 
 logger = logging.getLogger(__name__)
@@ -57,13 +56,12 @@ def _upstream_key(ciphertext: str) -> bytes:
     return crypto.decrypt(ciphertext).encode()
 
 
-@csrf_exempt
-async def forward(request: HttpRequest, path: str) -> HttpResponse:
-    """Served under ASGI by `proxy.asgi.ProxyHandler`, which has already checked the body's size."""
+async def forward(request: ProxyRequest) -> HttpResponse:
+    """A request to `/v1/…`, called by `proxy.asgi.ProxyHandler`, which has already checked the body's size."""
     scope = request.scope
     read = read_headers(scope)
     exchange = Exchange.from_scope(scope, read)
-    api_path = "/" + path
+    api_path = scope["path"][len("/v1") :]
     try:
         if request.method == "OPTIONS":
             return await preflight(request, exchange, api_path)
@@ -88,7 +86,7 @@ async def _give_back_and_refuse(exchange: Exchange, admitted: admission.Admissio
     return exchange.refuse(refusal)
 
 
-async def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> HttpResponse:
+async def preflight(request: ProxyRequest, exchange: Exchange, api_path: str) -> HttpResponse:
     """Answered without a token. Only an allowed origin (by the global list, or by some active project) gets CORS
     headers (so the browser lets the call through); the call itself is checked against its token's project."""
     check = endpoints.check("OPTIONS", api_path)
@@ -103,7 +101,7 @@ async def preflight(request: HttpRequest, exchange: Exchange, api_path: str) -> 
     response = HttpResponse(status=204, headers={"X-Request-ID": exchange.request_id})
     response["Allow"] = ", ".join((*check.methods, "OPTIONS"))
     if await cors.preflight_allowed(exchange.origin_sent):
-        requested = request.headers.get("Access-Control-Request-Headers")
+        requested = request.header(b"access-control-request-headers")
         for name, value in cors.preflight_headers(exchange.origin_sent, check.methods, requested).items():
             response[name] = value
     return response
@@ -139,7 +137,7 @@ def _model_in_path(api_path: str, forwarded_path: str, policy: RequestPolicy) ->
 
 
 async def _forward(
-    request: HttpRequest, scope: dict, exchange: Exchange, api_path: str, read: dict[bytes, str]
+    request: ProxyRequest, scope: dict, exchange: Exchange, api_path: str, read: dict[bytes, str]
 ) -> HttpResponse:
     method = exchange.method
     raw_path = scope.get("raw_path") or escape_uri_path(scope["path"]).encode()  # raw_path is optional in ASGI
@@ -163,7 +161,7 @@ async def _forward(
         return exchange.refuse(errors.invalid_token_format())
 
     digest = secret.digest(presented)
-    query = request.META.get("QUERY_STRING", "")
+    query = request.query
     check_request = partial(
         _check,
         exchange,

@@ -15,7 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from llmproxy.logs import JsonFormatter, TextFormatter
-from proxy.access_log import ProxiedRequestWarnings, log_request
+from proxy.access_log import log_request
 from proxy.writer import Record, _row
 from tests.conftest import VALID_KEY
 from tests.live import TEST_SERVER_ENV, database_url, start_server
@@ -179,17 +179,3 @@ def test_a_key_sent_as_the_model_or_in_the_path_is_cut_to_its_display_prefix(cap
     assert VALID_KEY not in logged.getMessage() and VALID_KEY not in json.dumps(logged.fields)
     assert logged.fields["model"] == VALID_KEY[:12] + "…"
     assert VALID_KEY not in row["path"] and VALID_KEY not in row["model"]  # nor stored, nor a metrics label
-
-
-def test_only_djangos_lines_about_proxied_answers_are_dropped(rf):
-    keep = ProxiedRequestWarnings().filter
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        failure = sys.exc_info()
-
-    assert not keep(log_record(levelno=logging.WARNING, request=rf.get("/v1/models")))
-    assert not keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models")))
-    assert keep(log_record(levelno=logging.ERROR, request=rf.get("/v1/models"), exc_info=failure))
-    assert keep(log_record(levelno=logging.WARNING, request=rf.get("/admin/login/")))
-    assert keep(log_record(levelno=logging.WARNING))
