@@ -336,19 +336,26 @@ def _admit_on_loop(digest: str, now: datetime) -> tuple[bool, tuple | None]:
     if conn is None:
         return False, None
     params = _params(digest, now, connection.ops.adapt_datetimefield_value(now))
+    if not db.write_lock.take_now():
+        return False, None  # another writer is at it: the database thread waits for its turn
     try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:
-        return False, None  # the lock is held (or the database is away): the database thread waits for it
-    try:
-        row = _sqlite_statements(lambda sql, values: conn.execute(sql, values).fetchone(), _sqlite_named_sql(), params)
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        db.drop_loop_sqlite()
-        return False, None
-    return True, row
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False, None  # SQLite's lock is held (by the admin, a command) or the database is away
+        try:
+            row = _sqlite_statements(
+                lambda sql, values: conn.execute(sql, values).fetchone(), _sqlite_named_sql(), params
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            db.drop_loop_sqlite()
+            return False, None
+        return True, row
+    finally:
+        db.write_lock.release()
 
 
 async def admit_async(digest: str) -> Admission:

@@ -139,7 +139,7 @@ def store(rows: list[dict]) -> int:
     """Write rows not written yet: the records, their per-day sums, the charges the relay did not make, the budget
     alerts they cause and their security events, in one transaction. Returns how many were new. Runs on a database
     thread (or a test's own)."""
-    with transaction.atomic():
+    with db.sqlite_writing(), transaction.atomic():
         _price(rows)
         new_uids = UsageRecord.objects.insert_new(rows)
         new = [row for row in rows if row["uid"] in new_uids]
