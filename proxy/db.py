@@ -62,6 +62,8 @@ def _direct_connection() -> None:
     if wrapper.vendor != "postgresql":
         return
     options = {name: value for name, value in wrapper.settings_dict["OPTIONS"].items() if name != "pool"}
+    if settings.PROXY_PREPARED_STATEMENTS:
+        options["prepare_threshold"] = 0  # for the statements the proxy runs on a server-side cursor (the batch insert)
     wrapper.settings_dict = {**wrapper.settings_dict, "OPTIONS": options}
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, date
 from functools import cache
 from uuid import UUID
 
+import psycopg
 from django.db import connections, models
 from django.db.models.sql import Query
 
@@ -50,6 +51,8 @@ class UsageRecordManager(models.Manager):
         NOTHING RETURNING uid`, the same statement on SQLite and PostgreSQL). Keys of a row that are not columns are
         ignored, and columns a row lacks take their default."""
         connection = connections[self.db]
+        if connection.vendor == "postgresql":
+            return _insert_new_postgresql(self.model, connection, rows)
         qn = connection.ops.quote_name
         meta = self.model._meta
         fields = [f for f in meta.concrete_fields if not f.primary_key]
@@ -70,6 +73,38 @@ class UsageRecordManager(models.Manager):
                 cursor.execute(head + ", ".join([placeholders] * len(part)) + tail, params)
                 inserted.update(uid.to_python(value) for (value,) in cursor.fetchall())
         return inserted
+
+
+@cache
+def _unnest_insert_sql(model: type[models.Model], alias: str) -> str:
+    """PostgreSQL: the insert of `insert_new` with one array per column (`unnest`), so its text is the same for any
+    number of rows: parsed once, prepared once per connection, its parameters sent bound, not spelled into the text."""
+    conn = connections[alias]
+    qn = conn.ops.quote_name
+    meta = model._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(qn(f.column) for f in fields)
+    arrays = ", ".join(f"%s::{f.cast_db_type(conn)}[]" for f in fields)
+    uid = qn(meta.get_field("uid").column)
+    return (
+        f"INSERT INTO {qn(meta.db_table)} ({columns}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({uid}) DO NOTHING RETURNING {uid}"
+    )
+
+
+def _insert_new_postgresql(model: type[models.Model], connection, rows: list[dict]) -> set[UUID]:
+    """`insert_new` on PostgreSQL. The rows' values are what the columns take as they are (datetimes, UUIDs, text,
+    numbers, Decimals, booleans, an IP address as text), so they go without Django's per-value preparation."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    columns = []
+    for field in fields:
+        name = field.attname
+        default = None if all(name in row for row in rows) else field.get_default()
+        columns.append([row.get(name, default) for row in rows])
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(_unnest_insert_sql(model, connection.alias), columns)
+        return {value for (value,) in cursor.fetchall()}
 
 
 class UsageDailyManager(models.Manager):
