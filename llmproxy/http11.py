@@ -189,13 +189,12 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_exception(TimeoutError())
 
 
-def _head(request: httpx.Request, body: bytes) -> bytes:
+def _head(method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     """The request line and headers, checked: a line break or NUL inside a header would split the request."""
-    method = request.method.encode("ascii")
-    headers = request.headers.raw
-    lines = [b"%s %s HTTP/1.1" % (method, request.url.raw_path)]
+    verb = method.encode("ascii")
+    lines = [b"%s %s HTTP/1.1" % (verb, target)]
     lines += [b"%s: %s" % pair for pair in headers]
-    if (body or method in _BODY_METHODS) and not any(
+    if (body or verb in _BODY_METHODS) and not any(
         name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers
     ):
         lines.append(b"Content-Length: %d" % len(body))
@@ -252,6 +251,10 @@ class Transport(httpx.AsyncBaseTransport):
     ) -> None:
         self.scheme, self.host, self.port = scheme, host, port
         self.guarded = guarded
+        authority = f"[{host}]" if ":" in host else host
+        if port != (443 if scheme == "https" else 80):
+            authority += f":{port}"
+        self._authority = authority.encode("ascii")
         self._ssl = (ssl_context or egress.ssl_context()) if scheme == "https" else None
         self._max = limits.max_connections
         self._max_idle = limits.max_keepalive_connections
@@ -262,12 +265,28 @@ class Transport(httpx.AsyncBaseTransport):
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
-        body = request.content
-        head = _head(request, body)
+        return await self._send(
+            request.method,
+            request.url.raw_path,
+            request.headers.raw,  # with the Host (and Content-Length) httpx.Request added
+            request.content,
+            request.extensions.get("timeout", {}),
+        )
+
+    async def request(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes, timeouts: dict
+    ) -> httpx.Response:
+        """What `handle_async_request` does, without building an httpx.Request (a fifth of what the proxy spent on
+        the upstream call): `target` is the path and query, the Host header is added."""
+        return await self._send(method, target, [(b"Host", self._authority), *headers], body, timeouts)
+
+    async def _send(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes, timeouts: dict
+    ) -> httpx.Response:
+        head = _head(method, target, headers, body)
         connection = await self._acquire(timeouts)
         try:
-            connection.no_body = request.method == "HEAD"
+            connection.no_body = method == "HEAD"
             connection.transport.write(head + body if body else head)
             while connection.writing_paused and not connection.ended:
                 try:

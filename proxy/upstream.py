@@ -17,12 +17,12 @@ response headers and for each next chunk. The pool is sized for many concurrent 
 """
 
 import asyncio
+from dataclasses import dataclass
 
 import httpx
 from django.conf import settings
 
-from llmproxy import egress
-from llmproxy.http11 import new_transport
+from llmproxy import egress, http11
 
 from .loops import of_this_loop
 
@@ -86,7 +86,7 @@ def _new_transport(base_url: str) -> Upstream:
         keepalive_expiry=30.0,
     )
     return Upstream(
-        new_transport(base_url, limits=limits, guarded=not egress.is_trusted_origin(base_url)),
+        http11.new_transport(base_url, limits=limits, guarded=not egress.is_trusted_origin(base_url)),
         httpx.Timeout(
             connect=settings.PROXY_CONNECT_TIMEOUT,
             read=settings.PROXY_READ_TIMEOUT,
@@ -96,37 +96,57 @@ def _new_transport(base_url: str) -> Upstream:
     )
 
 
-class UpstreamRequest(httpx.Request):
-    """A request that knows the transport of its origin (picked once, by `build_request`)."""
+@dataclass(slots=True)
+class UpstreamRequest:
+    """What goes upstream: the method, the URL (`url()`) and its path and query, the headers and the body, and the
+    transport of its origin (picked once, by `build_request`)."""
 
-    transport: Upstream
+    method: str
+    url: str
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    upstream: Upstream
 
 
 def build_request(method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamRequest:
     """A request to `url` (from `url()`), for the transport of its origin."""
-    found = transport(url)
+    prefix = _prefix(url)
+    target = url[len(prefix) :]
+    if not target.startswith("/"):
+        target = "/" + target
     present = {name for name, _ in headers}
-    request = UpstreamRequest(
+    return UpstreamRequest(
         method,
         url,
-        headers=[header for header in _DEFAULT_HEADERS if header[0] not in present] + headers,
-        content=body,
-        extensions={"timeout": found.timeouts},
+        target.encode("ascii"),
+        [header for header in _DEFAULT_HEADERS if header[0] not in present] + headers,
+        body,
+        transport(prefix),
     )
-    request.transport = found
-    return request
 
 
-async def send(request: httpx.Request) -> httpx.Response:
+async def send(request: UpstreamRequest) -> httpx.Response:
     """Send a request upstream, through its origin's transport; the response's body is left to be read
     (`aiter_raw`) and closed by the caller.
 
     Raises httpx's exceptions (`httpx.TimeoutException`, `httpx.HTTPError`), as `AsyncClient.send` would; a
     connection the guard refused is an `httpx.ConnectError` for which `egress.is_address_refused` is true.
     """
-    found = request.transport if isinstance(request, UpstreamRequest) else transport(str(request.url))
-    response = await found.transport.handle_async_request(request)
-    response.request = request
+    found = request.upstream
+    if isinstance(found.transport, http11.Transport):
+        return await found.transport.request(
+            request.method, request.target, request.headers, request.body, found.timeouts
+        )
+    through_proxy = httpx.Request(
+        request.method,
+        request.url,
+        headers=request.headers,
+        content=request.body,
+        extensions={"timeout": found.timeouts},
+    )
+    response = await found.transport.handle_async_request(through_proxy)
+    response.request = through_proxy
     return response
 
 
