@@ -300,13 +300,11 @@ def admit_in_transaction(digest: str) -> Admission:
 
 
 def _sqlite_row(params: dict) -> tuple | None:
-    with connection.cursor() as cursor:
-
-        def fetch(sql: str, values: dict) -> tuple | None:
-            cursor.execute(sql, values)
-            return cursor.fetchone()
-
-        return _sqlite_statements(fetch, _sqlite_sql(), params)
+    """The statements on the connection's own sqlite3 connection, in the caller's transaction: Django's cursor
+    would rewrite each statement's named parameters with a regular expression every time."""
+    connection.ensure_connection()
+    raw = connection.connection
+    return _sqlite_statements(lambda sql, values: raw.execute(sql, values).fetchone(), _sqlite_named_sql(), params)
 
 
 def _sqlite_statements(fetch: Callable[[str, dict], tuple | None], sql: tuple[str, str], params: dict) -> tuple | None:
