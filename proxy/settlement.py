@@ -124,15 +124,20 @@ def _charge_params(charge: Charge, now: datetime, raw: bool = False) -> dict:
     }
 
 
-def charge(charges: list[Charge], now: datetime | None = None) -> None:
-    """Charge on this thread's connection, in the caller's transaction if there is one (the usage writer's)."""
+def charge(charges: list[Charge], now: datetime | None = None) -> set[UUID]:
+    """Charge on this thread's connection, in the caller's transaction if there is one (the usage writer's).
+    Returns the charged projects that have a budget (their alerts are to be checked)."""
     now = now or timezone.now()
     token_sql, project_sql = _charge_sql()
+    budgeted = set()
     with transaction.atomic(), connection.cursor() as cursor:
         for item in charges:
             params = _charge_params(item, now)
             cursor.execute(token_sql, params)
-            cursor.execute(project_sql, params)
+            cursor.execute(f"{project_sql} RETURNING budget_usd", params)
+            if (found := cursor.fetchone()) is not None and found[0] is not None:
+                budgeted.add(item.project_id)
+    return budgeted
 
 
 def _give_back_params(token_id: UUID, project_id: UUID, allowance: Allowance, raw: bool = False) -> dict:

@@ -144,9 +144,11 @@ def store(rows: list[dict]) -> int:
         new_uids = UsageRecord.objects.insert_new(rows)
         new = [row for row in rows if row["uid"] in new_uids]
         UsageDaily.objects.add(new)
-        if charges := _charges(new):
-            charge(charges)
-        alerts = check_budgets({row["project_id"] for row in new if row["project_id"] and row.get("cost_usd")})
+        budgeted = charge(charges) if (charges := _charges(new)) else set()
+        # And those the relay charged before the response's end (a budget or a token limit applies to them).
+        relay_charged = {row["project_id"] for row in new if row.get("charged") and row.get("cost_usd")}
+        budgeted |= relay_charged - {None}
+        alerts = check_budgets(budgeted) if budgeted else []
         record_security_events(
             Occurrence(
                 *row["security_event"], row["client_ip"], row["token_id"], row["project_id"], row["token_prefix"]

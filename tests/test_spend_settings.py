@@ -18,6 +18,7 @@ from projects.services import project_set_limits
 from proxy.alerts import check_budgets, webhook
 from proxy.models import BudgetAlert
 from proxy.settlement import Charge, charge
+from proxy.writer import Record, writer
 from tokens.minting import minting_key_create
 from tokens.models import Token
 
@@ -236,3 +237,31 @@ def test_budget_alerts_once_per_threshold_and_period_posted_to_the_webhook(recei
     assert first["project"]["name"] == "alerted" and first["budget_usd"] == "10.000000" and first["period"] == "month"
     alert = BudgetAlert.objects.get(threshold=80)
     assert alert.delivered_at is not None and alert.attempts == 2  # one failure, then delivered
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_usage_writer_checks_the_budget_of_a_project_it_charges(make_project, make_token):
+    """A record the relay did not charge (the budget was set after its request was admitted) is charged by the usage
+    writer, which then sees the budget crossed; a project without a budget gets no alert."""
+    budgeted, plain = make_project(name="late budget"), make_project(name="no budget")
+    budgeted.budget_usd = Decimal("1")
+    budgeted.save()
+
+    def record(project, cost: str) -> Record:
+        return Record(
+            time=datetime.now(UTC),
+            method="POST",
+            path="/v1/chat/completions",
+            status=200,
+            duration_ms=1.0,
+            request_id=f"r-{project.name}",
+            client_ip="127.0.0.1",
+            project_id=project.pk,
+            token_id=make_token(project).token.pk,
+            model="gpt-4o",
+            cost_usd=Decimal(cost),
+        )
+
+    assert writer.write([record(budgeted, "0.9"), record(plain, "5")]) == 2
+    assert [(a.project_id, a.threshold) for a in BudgetAlert.objects.all()] == [(budgeted.pk, 80)]
+    assert Project.objects.get(pk=plain.pk).spent_usd == Decimal("5")
