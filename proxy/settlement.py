@@ -130,11 +130,14 @@ def charge(charges: list[Charge], now: datetime | None = None) -> set[UUID]:
     now = now or timezone.now()
     token_sql, project_sql = _charge_sql()
     budgeted = set()
+    # Every token's row, then every project's, each in a fixed order: admission locks a token's row before its
+    # project's, so no two transactions can each hold a row the other waits for.
+    charges = sorted(charges, key=lambda item: (str(item.token_id), str(item.project_id)))
     with transaction.atomic(), connection.cursor() as cursor:
         for item in charges:
-            params = _charge_params(item, now)
-            cursor.execute(token_sql, params)
-            cursor.execute(f"{project_sql} RETURNING budget_usd", params)
+            cursor.execute(token_sql, _charge_params(item, now))
+        for item in sorted(charges, key=lambda item: str(item.project_id)):
+            cursor.execute(f"{project_sql} RETURNING budget_usd", _charge_params(item, now))
             if (found := cursor.fetchone()) is not None and found[0] is not None:
                 budgeted.add(item.project_id)
     return budgeted
