@@ -19,6 +19,7 @@ from proxy.alerts import check_budgets, webhook
 from proxy.models import BudgetAlert
 from proxy.settlement import Charge, charge
 from proxy.writer import Record, writer
+from tests.test_usage_admin import record
 from tokens.minting import minting_key_create
 from tokens.models import Token
 
@@ -247,21 +248,9 @@ def test_the_usage_writer_checks_the_budget_of_a_project_it_charges(make_project
     budgeted.budget_usd = Decimal("1")
     budgeted.save()
 
-    def record(project, cost: str) -> Record:
-        return Record(
-            time=datetime.now(UTC),
-            method="POST",
-            path="/v1/chat/completions",
-            status=200,
-            duration_ms=1.0,
-            request_id=f"r-{project.name}",
-            client_ip="127.0.0.1",
-            project_id=project.pk,
-            token_id=make_token(project).token.pk,
-            model="gpt-4o",
-            cost_usd=Decimal(cost),
-        )
+    def charged(project, cost: str) -> Record:
+        return record(project=project, token=make_token(project).token, model="gpt-4o", cost_usd=Decimal(cost))
 
-    assert writer.write([record(budgeted, "0.9"), record(plain, "5")]) == 2
+    assert writer.write([charged(budgeted, "0.9"), charged(plain, "5")]) == 2
     assert [(a.project_id, a.threshold) for a in BudgetAlert.objects.all()] == [(budgeted.pk, 80)]
     assert Project.objects.get(pk=plain.pk).spent_usd == Decimal("5")
