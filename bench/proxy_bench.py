@@ -286,7 +286,7 @@ def database(bench_id: str) -> tuple[str, callable]:
     path = BASE_DIR / "data" / f"bench-{bench_id}.sqlite3"
 
     def remove() -> None:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-proxy.lock"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
     remove()
