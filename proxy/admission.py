@@ -51,6 +51,7 @@ from projects.upstreams import base_url
 from tokens.models import Token, TokenStatus
 
 from . import db, errors
+from .batches import Batches
 from .loops import of_this_loop
 
 
@@ -374,62 +375,25 @@ async def admit_async(digest: str) -> Admission:
     return await db.run(why_refused, digest, now)  # rare: on the database thread
 
 
-class _TokenAdmissions:
-    """PostgreSQL: one token's admissions on one event loop, run in turn (see `_postgresql_row`)."""
-
-    def __init__(self) -> None:
-        self.running = False
-        self.waiting: list[tuple[dict, asyncio.Future]] = []
-
-
-_token_admissions: dict[asyncio.AbstractEventLoop, dict[str, _TokenAdmissions]] = {}
+_token_admissions: dict[asyncio.AbstractEventLoop, dict[str, Batches[dict, tuple | None]]] = {}
 
 
 async def _postgresql_row(digest: str, params: dict) -> tuple | None:
     """The statement's row for one admission. A token's concurrent requests would each wait on its row's lock in a
     connection of their own, and the database wakes and re-checks every waiter at each commit (twice the database's
     CPU per admission at c=32, measured). So on one event loop a token's admission runs alone when none of its is
-    on the database, and those that arrive meanwhile go next together: their statements in one transaction, sent as
-    one pipeline (one round trip, one commit). Each is still its own statement, run in order, each seeing the
-    counts of those before it: every limit is as exact as before."""
+    on the database, and those that arrive meanwhile go next together (proxy.batches): their statements in one
+    transaction, sent as one pipeline (one round trip, one commit). Each is still its own statement, run in order,
+    each seeing the counts of those before it: every limit is as exact as before."""
     queues = of_this_loop(_token_admissions, dict)
-    queue = queues.get(digest)
-    if queue is None:
-        queue = queues[digest] = _TokenAdmissions()
-    if queue.running:
-        answer = asyncio.get_running_loop().create_future()
-        queue.waiting.append((params, answer))
-        return await asyncio.shield(answer)  # a caller that goes away does not take the others' transaction along
-    queue.running = True
+    batches = queues.get(digest)
+    if batches is None:
+        batches = queues[digest] = Batches(_postgresql_rows)
     try:
-        return (await _postgresql_rows([params]))[0]
+        return await batches.submit(params)
     finally:
-        if queue.waiting:
-            asyncio.ensure_future(_run_waiting(queues, digest, queue))
-        else:
-            queue.running = False
+        if not batches.running and queues.get(digest) is batches:
             del queues[digest]
-
-
-async def _run_waiting(queues: dict[str, _TokenAdmissions], digest: str, queue: _TokenAdmissions) -> None:
-    try:
-        while queue.waiting:
-            batch, queue.waiting = queue.waiting, []
-            try:
-                rows = await _postgresql_rows([params for params, _ in batch])
-            except Exception as error:  # each caller answers for it (a 503 when the database is away)
-                for _, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(error)
-            else:
-                for (_, answer), row in zip(batch, rows, strict=True):
-                    if not answer.done():
-                        answer.set_result(row)
-    finally:
-        queue.running = False
-        for _, answer in queue.waiting:  # only if this task itself was cancelled (the loop is closing)
-            answer.cancel()
-        del queues[digest]
 
 
 async def _postgresql_rows(all_params: list[dict]) -> list[tuple | None]:

@@ -38,6 +38,7 @@ from tokens.models import Token
 
 from . import db
 from .admission import Allowance
+from .batches import Batches
 from .loops import of_this_loop
 
 
@@ -157,43 +158,18 @@ def give_back(token_id: UUID, project_id: UUID, allowance: Allowance) -> None:
         cursor.execute(project_sql, params)
 
 
-class _GroupCommit:
-    """Charges from one event loop, written in groups: each write takes all that are waiting.
-
-    Every caller returns once its own charge is committed (or raises what the transaction raised)."""
-
-    def __init__(self) -> None:
-        self._waiting: list[tuple[Charge, asyncio.Future]] = []
-        self._writing: asyncio.Task | None = None
-
-    async def charge(self, item: Charge) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, done))
-        if self._writing is None or self._writing.done():
-            self._writing = asyncio.ensure_future(self._write())
-        await asyncio.shield(done)  # a caller that goes away does not take the others' transaction with it
-
-    async def _write(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                await _write_charges(_summed([item for item, _ in batch]))
-            except Exception as exc:  # each waiting caller decides what a failure means for it
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
-
-
-_group_commits: dict[asyncio.AbstractEventLoop, _GroupCommit] = {}
+_charge_batches: dict[asyncio.AbstractEventLoop, Batches[Charge, None]] = {}
 
 
 async def charge_async(item: Charge) -> None:
-    """From the event loop: with the charges of this loop's other responses ending meanwhile (see _GroupCommit)."""
-    await of_this_loop(_group_commits, _GroupCommit).charge(item)
+    """From the event loop: the charges of this loop's responses that end while one is being written go next
+    together, summed per token and project (proxy.batches); each caller returns once its own is committed."""
+    await of_this_loop(_charge_batches, lambda: Batches(_write_batch)).submit(item)
+
+
+async def _write_batch(items: list[Charge]) -> list[None]:
+    await _write_charges(_summed(items))
+    return [None] * len(items)
 
 
 def _summed(items: list[Charge]) -> list[Charge]:
