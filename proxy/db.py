@@ -139,6 +139,12 @@ class _Group:
             loop.call_soon_threadsafe(_answer, pairs)
 
 
+def _sqlite_file() -> str | None:
+    """SQLite: the database's file name (or `file:` URI), None for a database only in memory."""
+    name = str(connections[DEFAULT_DB_ALIAS].settings_dict["NAME"])
+    return None if name == ":memory:" or "mode=memory" in name else name
+
+
 class _WriteLock:
     """SQLite: the queue the proxy's own writers wait in before they take SQLite's lock.
 
@@ -161,8 +167,7 @@ class _WriteLock:
         None for a database only in memory or a file that cannot be made."""
         if self._pid != os.getpid():
             self._pid, self._fd, self._threads = os.getpid(), None, threading.Lock()
-            name = str(connections[DEFAULT_DB_ALIAS].settings_dict["NAME"])
-            if name != ":memory:" and "mode=memory" not in name:
+            if (name := _sqlite_file()) is not None:
                 path = name.removeprefix("file:").partition("?")[0] + "-proxy.lock"
                 # Without the file there is no queue, but SQLite's own lock still holds (and the database's own
                 # failure to open is what gets reported).
@@ -268,8 +273,7 @@ def loop_sqlite() -> sqlite3.Connection | None:
     for SQLite's lock (busy timeout 0): when the lock is held, the caller goes to the database thread as before."""
     found = getattr(_loop_sqlite, "connection", None)
     if found is None:
-        name = str(connections[DEFAULT_DB_ALIAS].settings_dict["NAME"])
-        if name == ":memory:" or "mode=memory" in name:
+        if (name := _sqlite_file()) is None:
             return None
         try:
             found = sqlite3.connect(name, timeout=0, isolation_level=None, uri=name.startswith("file:"))
