@@ -9,6 +9,7 @@ reads its settings after loading the app, which sets Django up).
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import sys
@@ -33,6 +34,11 @@ DESCRIPTORS_PER_CONNECTION = 3
 # head; each header line adds `: ` and CRLF to its name and value.
 REQUEST_LINE_EXTRA = 12 + 2
 HEADER_LINE_EXTRA = 4
+# Allocations (less deallocations) between two collections of the youngest generation (Python's default: 700).
+# A request makes and frees thousands of objects, most freed by reference counting; with 700 the collector ran about
+# every 16th request, and a full collection walked all Django had loaded. Measured at c=32 (SQLite), per worker:
+# 420 collections, 65 µs a request; with what was loaded frozen and this threshold, 25 collections, 20 µs.
+GC_YOUNG_THRESHOLD = 7000
 
 
 @dataclass(frozen=True)
@@ -214,8 +220,9 @@ class LimitedUvicornWorker(UvicornWorker):
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     def load_wsgi(self) -> None:
-        """Load the app (in the worker process), then take the limits from its settings."""
+        """Load the app (in the worker process), settle the heap, then take the limits from its settings."""
         super().load_wsgi()
+        _settle_heap()
         from django.conf import settings
 
         LimitedHttpToolsProtocol.limits = Limits(
@@ -244,3 +251,13 @@ class LimitedUvicornWorker(UvicornWorker):
                 descriptors,
             )
         return cap
+
+
+def _settle_heap() -> None:
+    """What the app loaded (Django, the models, the settings: about 100,000 objects) is moved out of the cyclic
+    collector's reach, which otherwise walks it at every full collection; young objects are collected less often
+    (GC_YOUNG_THRESHOLD). Garbage in cycles is still collected, later."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
