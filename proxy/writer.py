@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import uuid
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -272,31 +273,43 @@ class _Loop:
         self._finish()
 
     def _take(self) -> list:
-        """What the queue holds: at least one item, unless there is work to do before one comes."""
+        """What the queue holds, once there is something to do. While the database answers, the thread wakes once
+        per batch interval (or when the write in flight ends), not at each record: a wake per record cost the event
+        loop a system call for each request and took the GIL from it between requests. While it is away, each record
+        is taken (and spilled) as it comes."""
         now = time.monotonic()
-        if self.inflight is not None:
-            timeout = None  # the write's end puts _WAKE
-        elif self.failures:
-            timeout = self.retry_at - now
+        if self.failures:
+            timeout = None if self.inflight is not None else self.retry_at - now  # the write's end puts _WAKE
+        elif self.inflight is not None:
+            futures.wait([self.inflight], timeout=UsageWriter.MIN_INTERVAL)
+            return self._drain()
         elif self.pending or self.replaying:
             # Under load, gather what comes in for a moment: one transaction per batch is what a write costs.
-            timeout = self.last_write + UsageWriter.MIN_INTERVAL - now
+            time.sleep(max(self.last_write + UsageWriter.MIN_INTERVAL - now, 0.0))
+            return self._drain()
         else:
             timeout = self.next_orphan_scan - now
         try:
             first = self.source.get(timeout=timeout) if timeout is None or timeout > 0 else self.source.get_nowait()
         except queue.Empty:
             return []
-        items = [first]
         if isinstance(first, Record) and not self.pending and self.inflight is None:
             # The first record after a quiet spell (a response just ended) waits for the batch interval too, so its
             # log line, metrics and write (on SQLite, its write lock) are not in the way of the next request, which
             # typically follows at once (a client's next call, the next of a CI job's requests).
             time.sleep(UsageWriter.MIN_INTERVAL)
-        while len(items) < UsageWriter.BATCH and first is not None:
+        return [first] if first is None else [first, *self._drain()]
+
+    def _drain(self) -> list:
+        """What the queue holds now, up to a batch (none to stop at: the stop marker ends the thread's loop)."""
+        items = []
+        while len(items) < UsageWriter.BATCH:
             try:
-                items.append(self.source.get_nowait())
+                item = self.source.get_nowait()
             except queue.Empty:
+                break
+            items.append(item)
+            if item is None:
                 break
         return items
 
