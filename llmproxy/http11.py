@@ -50,6 +50,8 @@ class _Connection(asyncio.Protocol):
         self.state = "active"  # "idle" in the pool, "active" with a request, "closed"
         self.idle_since = 0.0
         self.waiter: asyncio.Future | None = None
+        self.deadline: float | None = None  # of the wait in progress (`wait`)
+        self.timer: asyncio.TimerHandle | None = None
         self.ended = False  # the upstream sent its end, or the connection is lost
         self.error: BaseException | None = None
         self.writing_paused = False
@@ -99,6 +101,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if exc is not None and self.error is None:
             self.error = exc
         self.writing_paused = False
@@ -151,16 +156,34 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait(self, timeout: float | None) -> None:
-        """Until something happens (data, the end, the writer may go on), or TimeoutError after `timeout`."""
+        """Until something happens (data, the end, the writer may go on), or TimeoutError after `timeout`.
+
+        One timer serves every wait of the connection: a wait moves the deadline, and the timer, when it fires
+        before the deadline, sets itself again for it. A stream's chunks each used to make and cancel a timer of
+        their own (in uvloop, a libuv handle opened and closed)."""
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        if timeout is None:
+            self.deadline = None
+        else:
+            self.deadline = loop.time() + timeout
+            if self.timer is None:
+                self.timer = loop.call_at(self.deadline, self._on_timer)
         try:
             await waiter
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        waiter, deadline = self.waiter, self.deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return
+        loop = waiter.get_loop()
+        if loop.time() < deadline:
+            self.timer = loop.call_at(deadline, self._on_timer)
+        else:
+            waiter.set_exception(TimeoutError())
 
     def broken(self) -> BaseException:
         """What to raise when the connection ended before the response did."""
@@ -182,11 +205,6 @@ class _Connection(asyncio.Protocol):
 
     def reusable(self, now: float, expiry: float | None) -> bool:
         return not self.ended and (expiry is None or now - self.idle_since < expiry)
-
-
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _head(method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:

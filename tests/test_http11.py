@@ -253,6 +253,40 @@ def test_a_body_that_stops_arriving_times_out(run):
     run(scenario())
 
 
+def test_the_read_timeout_bounds_each_wait_not_the_whole_body(run):
+    """A stream longer than the read timeout whose chunks keep coming is read whole; once they stop, it times out."""
+
+    async def trickles(head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def trickles_then_stalls(head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    async def scenario():
+        async with Upstream(trickles) as port:
+            whole = await get(transport(port), timeout=0.25)
+        async with Upstream(trickles_then_stalls) as port:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(httpx.ReadTimeout):
+                await get(transport(port), timeout=0.25)
+            return whole.content, asyncio.get_running_loop().time() - started
+
+    content, waited = run(scenario())
+    assert content == b"x" * 6
+    assert 0.5 < waited < 1.5
+
+
 def test_an_upstream_that_breaks_off_or_does_not_speak_http(run):
     async def scenario():
         async with Upstream(replying(b"", close=True)) as port:
