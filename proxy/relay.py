@@ -105,7 +105,9 @@ class Relay:
         aborted = cut = False
         held = b""  # the last chunk of a body whose end waits for the settlement
         try:
-            async for chunk in self.upstream.aiter_raw():
+            # The response's stream itself: httpx's `aiter_raw` adds a generator (and a chunker that does nothing
+            # without a chunk size) for every chunk.
+            async for chunk in self.upstream.stream:
                 if self.keeping is not None:
                     self.keeping.add(chunk)
                 if self.rewrite is not None:
@@ -125,6 +127,7 @@ class Relay:
                     if self.first_byte_at is None:
                         self.first_byte_at = time.perf_counter()
                     yield chunk
+            await self.upstream.aclose()  # the connection goes back to the pool before the settlement
             if self.keeping is not None:
                 self._keep()
             if self.rewrite is not None:
