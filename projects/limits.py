@@ -8,8 +8,11 @@ addition inside the admission statement itself (proxy.admission), so the limits 
 instances serve the traffic.
 """
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
+from types import MappingProxyType
 
 from django.db import models
 
@@ -68,8 +71,16 @@ def period_key(period: str, now: datetime) -> int:
     return start.toordinal() if start is not None else 0
 
 
-def period_keys(now: datetime) -> dict[str, int]:
-    return {period: period_key(period, now) for period in BudgetPeriod.values}
+def period_keys(now: datetime) -> Mapping[str, int]:
+    """Every period's number at `now` (admission and settlement bind them to each statement), worked out once a day:
+    per request it cost about 10 µs."""
+    return _period_keys_of(now.astimezone(UTC).date())
+
+
+@lru_cache(maxsize=4)
+def _period_keys_of(day: date) -> Mapping[str, int]:
+    now = datetime.combine(day, time.min, tzinfo=UTC)
+    return MappingProxyType({period: period_key(period, now) for period in BudgetPeriod.values})
 
 
 def period_resets_at(period: str, now: datetime) -> datetime | None:
