@@ -12,9 +12,9 @@ envelope and with a usage record.
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 
 from django.conf import settings
-from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 
 from llmproxy.body_limit import limit_body
@@ -38,20 +38,36 @@ class ProxyHandler(ASGIHandler):
         body = await _read_body(receive)
         if body is None:
             return  # the client went away before its body was sent
-        # As in Django: the listener first (it raises nothing unexpected), so the view is always seen to.
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(self._respond(ProxyRequest(scope, body), send)),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                with contextlib.suppress(RequestAborted):
-                    task.result()
-            else:
+        await self._unless_client_leaves(self._respond(ProxyRequest(scope, body), send), receive)
+
+    async def _unless_client_leaves(self, work: Coroutine, receive) -> None:
+        """Run `work` in this task, cancelled if the client goes away first. Django runs the view in a task of its
+        own beside the listener and waits for either (`asyncio.wait`); here only the listener is a task, and its
+        end cancels this one: a task, a wait and a turn of the loop less per request."""
+        task = asyncio.current_task()
+        left = finished = False
+
+        def on_listener_end(listener: asyncio.Task) -> None:
+            nonlocal left
+            if listener.cancelled():
+                return
+            listener.exception()  # RequestAborted: the client went away (retrieved, so it is not reported)
+            if not finished:
+                left = True
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        listener.add_done_callback(on_listener_end)
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not left:
+                raise
+        finally:
+            finished = True
+            listener.cancel()
+            if left:
+                task.uncancel()
 
     async def _respond(self, request: ProxyRequest, send) -> None:
         response = await views.forward(request)
