@@ -51,7 +51,9 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.waiter: asyncio.Future | None = None
         self.deadline: float | None = None  # of the wait in progress (`wait`)
+        self.wait_timeout: float | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.sink: typing.Callable[[bytes], bool] | None = None  # takes body chunks as they arrive (`_Body.pump`)
         self.ended = False  # the upstream sent its end, or the connection is lost
         self.error: BaseException | None = None
         self.writing_paused = False
@@ -70,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.chunks: collections.deque[bytes] = collections.deque()
         self.kept = 0
+        self.sink_error: BaseException | None = None
 
     # --- asyncio's protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,6 +93,11 @@ class _Connection(asyncio.Protocol):
         if self.kept > _READ_HIGH_WATER and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+        if self.sink is not None and not self.complete and not self.ended:
+            # The sink took it all: the reader sleeps on, its deadline moved as the next wait's would be.
+            if self.waiter is not None and self.wait_timeout is not None:
+                self.deadline = self.waiter.get_loop().time() + self.wait_timeout
+            return
         self._wake()
 
     def eof_received(self) -> bool:
@@ -137,9 +145,17 @@ class _Connection(asyncio.Protocol):
             self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
 
     def on_body(self, body: bytes) -> None:
-        if not self.complete:
-            self.chunks.append(body)
-            self.kept += len(body)
+        if self.complete:
+            return
+        if self.sink is not None and not self.chunks:
+            try:
+                if self.sink(body):
+                    return
+            except Exception as exc:  # raised to the reader (`_Body.pump`), not into the parser
+                self.sink_error = exc
+            self.sink = None  # it could not take this one: the rest waits for the reader
+        self.chunks.append(body)
+        self.kept += len(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -163,6 +179,7 @@ class _Connection(asyncio.Protocol):
         their own (in uvloop, a libuv handle opened and closed)."""
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
+        self.wait_timeout = timeout
         if timeout is None:
             self.deadline = None
         else:
@@ -232,21 +249,48 @@ class _Body(httpx.AsyncByteStream):
         self._timeout = timeout
 
     async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    async def next_chunk(self) -> bytes | None:
+        """The next chunk as it arrives (within the read timeout), or None at the body's end."""
         connection = self._connection
         if connection is None:
-            return
+            return None
         while True:
             if connection.chunks:
-                yield connection.take()
-            elif connection.complete:
-                return
-            elif connection.ended:
+                return connection.take()
+            if connection.complete:
+                return None
+            if connection.ended:
                 raise connection.broken()
-            else:
+            try:
+                await connection.wait(self._timeout)
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out while reading the response") from None
+
+    async def pump(self, sink: typing.Callable[[bytes], bool]) -> bool:
+        """Hand the chunks to `sink` as they arrive, from the connection's callback, without waking this task for
+        each: True once the body has ended, False as soon as a chunk is waiting to be read the usual way (one was
+        there already, or `sink` returned False: it could not take it now, and kept nothing of it). The read timeout
+        bounds the wait for each chunk, as when iterating."""
+        connection = self._connection
+        if connection is None or connection.chunks:
+            return connection is None
+        connection.sink = sink
+        try:
+            while connection.sink is not None and not connection.complete:
+                if connection.ended:
+                    raise connection.broken()
                 try:
                     await connection.wait(self._timeout)
                 except TimeoutError:
                     raise httpx.ReadTimeout("timed out while reading the response") from None
+        finally:
+            connection.sink = None
+        if connection.sink_error is not None:
+            raise connection.sink_error
+        return connection.complete and not connection.chunks
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httptools
 from gunicorn.arbiter import Arbiter
 from uvicorn import Server
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
 from llmproxy.balance import OneAtATime
@@ -74,6 +74,37 @@ def _answer(status: int, text: bytes) -> bytes:
 
 HEAD_TOO_LARGE = _answer(431, b"Request header fields too large.\n")
 BUSY = _answer(503, b"Too many connections; try again later.\n")
+
+
+class DirectBody:
+    """A started chunked response's body parts written to its connection at once, from a callback of the event
+    loop: what uvicorn's `send` does with an `http.response.body` message that has more to come, without a task
+    having to wake up to send it (a stream's chunks are relayed from the upstream connection's callback,
+    `llmproxy.http11`'s `_Body.pump`). `writable` says whether it may write now; if not (the client is not reading,
+    the response is not chunked, or it is over), the caller sends with `send`, which waits as uvicorn does."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def writable(self) -> bool:
+        cycle = self._cycle
+        return cycle.disconnected or (
+            cycle.chunked_encoding is True and not cycle.response_complete and not cycle.flow.write_paused
+        )
+
+    def write(self, data: bytes) -> None:
+        """One part (not empty), once `writable` said yes; dropped if the client has gone, as `send` drops it."""
+        cycle = self._cycle
+        if not cycle.disconnected:
+            cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+
+def direct_body(send) -> DirectBody | None:
+    """For an ASGI `send` that is uvicorn's httptools protocol's own (how this server serves), its `DirectBody`."""
+    cycle = getattr(send, "__self__", None)
+    return DirectBody(cycle) if isinstance(cycle, RequestResponseCycle) else None
 
 
 class _Refused(Exception):

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 from llmproxy.body_limit import limit_body
+from llmproxy.server import direct_body
 
 from . import errors, views
 from .exchange import Exchange, ProxyRequest, read_headers
@@ -82,6 +83,7 @@ class ProxyHandler(ASGIHandler):
         headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]  # str, always
         headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        response.relay.direct = direct_body(send)
         chunk_size = self.chunk_size
         async with contextlib.aclosing(response.parts) as parts:
             async for part in parts:

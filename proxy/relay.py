@@ -15,7 +15,7 @@ come).
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
@@ -25,6 +25,8 @@ import psycopg
 from django.db import DatabaseError
 from django.http import StreamingHttpResponse
 from psycopg_pool import PoolTimeout
+
+from llmproxy.server import DirectBody
 
 from . import cache_store, metrics, settlement
 from .admission import Allowance
@@ -60,11 +62,13 @@ SETTLE_ERRORS = (DatabaseError, psycopg.Error, PoolTimeout)
 class RelayResponse(StreamingHttpResponse):
     """The upstream's response on its way to the client. `proxy.asgi.ProxyHandler` sends its `parts` (bytes, never
     empty) as they come, without the steps Django's streaming takes for each part (a wrapping generator that makes
-    bytes of it, another that cuts it to size)."""
+    bytes of it, another that cuts it to size), and gives the relay the server's way to write a stream's chunks
+    at once (`Relay.direct`)."""
 
-    def __init__(self, parts: AsyncIterator[bytes], status: int) -> None:
-        super().__init__(parts, status=status)
-        self.parts = parts
+    def __init__(self, relay: "Relay", status: int) -> None:
+        self.relay = relay
+        self.parts = relay.body()
+        super().__init__(self.parts, status=status)
 
 
 class Relay:
@@ -92,42 +96,40 @@ class Relay:
         content_type = upstream.headers.get("content-type", "")
         json_body = content_type.startswith("application/json") and rewrite is None
         self.json_tail: bytearray | None = bytearray() if json_body else None
+        self.held = b""  # the last chunk of a body whose end waits for the settlement
         self.first_byte_at: float | None = None
         self.finished = False
         self.settled = False
         self.cost_usd: Decimal | None = None
         self.charged = False
+        # The server's writer of this response's body parts, when it has one (llmproxy.server.DirectBody).
+        self.direct: DirectBody | None = None
         if stream_usage is not None:
             metrics.STREAMS_IN_FLIGHT.inc()
 
     async def body(self):
-        """The async iterator Django's StreamingHttpResponse sends."""
+        """The async iterator Django's StreamingHttpResponse sends.
+
+        A stream's chunks (given `direct`, on our own upstream transport) are passed on from the upstream
+        connection's callback as they arrive (`pump`), so the event loop does not wake this task, and the task
+        that sends, for each of them; one the client cannot take at once is sent the usual way, waiting for it."""
         aborted = cut = False
-        held = b""  # the last chunk of a body whose end waits for the settlement
         try:
-            # The response's stream itself: httpx's `aiter_raw` adds a generator (and a chunker that does nothing
-            # without a chunk size) for every chunk.
-            async for chunk in self.upstream.stream:
-                if self.keeping is not None:
-                    self.keeping.add(chunk)
-                if self.rewrite is not None:
-                    self.whole += chunk
-                    if len(self.whole) > REWRITE_MAX_BYTES:
-                        raise httpx.DecodingError("a body to rewrite is larger than REWRITE_MAX_BYTES")
-                    continue
-                if self.json_tail is not None:
-                    self.json_tail += chunk
-                    if len(self.json_tail) > 2 * JSON_TAIL_BYTES:
-                        del self.json_tail[:-JSON_TAIL_BYTES]
-                if self.stream_usage is not None:
-                    chunk = self.stream_usage.feed(chunk)
-                elif self.settle is not None:
-                    chunk, held = held, chunk
-                if chunk:
-                    if self.first_byte_at is None:
-                        self.first_byte_at = time.perf_counter()
-                    yield chunk
+            stream = self.upstream.stream
+            pump = getattr(stream, "pump", None) if self.direct is not None and self.stream_usage is not None else None
+            if pump is None:
+                async for chunk in stream:
+                    if part := self._through(chunk):
+                        yield part
+            else:
+                while not await pump(self._pass_on):
+                    chunk = await stream.next_chunk()  # the one waiting, the usual way; then pumping again
+                    if chunk is None:
+                        break
+                    if part := self._through(chunk):
+                        yield part
             await self.upstream.aclose()  # the connection goes back to the pool before the settlement
+            held = self.held
             if self.keeping is not None:
                 self._keep()
             if self.rewrite is not None:
@@ -152,6 +154,36 @@ class Relay:
             raise UpstreamInterrupted("the upstream broke off the response body") from None
         finally:
             await self.finish(aborted=aborted, cut=cut)
+
+    def _through(self, chunk: bytes) -> bytes:
+        """What of an upstream chunk goes on to the client now (b"": nothing yet)."""
+        if self.keeping is not None:
+            self.keeping.add(chunk)
+        if self.rewrite is not None:
+            self.whole += chunk
+            if len(self.whole) > REWRITE_MAX_BYTES:
+                raise httpx.DecodingError("a body to rewrite is larger than REWRITE_MAX_BYTES")
+            return b""
+        if self.json_tail is not None:
+            self.json_tail += chunk
+            if len(self.json_tail) > 2 * JSON_TAIL_BYTES:
+                del self.json_tail[:-JSON_TAIL_BYTES]
+        if self.stream_usage is not None:
+            chunk = self.stream_usage.feed(chunk)
+        elif self.settle is not None:
+            chunk, self.held = self.held, chunk
+        if chunk and self.first_byte_at is None:
+            self.first_byte_at = time.perf_counter()
+        return chunk
+
+    def _pass_on(self, chunk: bytes) -> bool:
+        """The pump's sink: a chunk through to the client at once, or False (nothing done) if it cannot take it."""
+        direct = self.direct
+        if not direct.writable():
+            return False
+        if part := self._through(chunk):
+            direct.write(part)
+        return True
 
     def _keep(self) -> None:
         """The whole answer arrived: into the response cache, if it stayed within the size cap."""

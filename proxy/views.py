@@ -265,7 +265,7 @@ async def _forward(
         keeping=keeping,
     )
     relay.watch(asyncio.current_task())
-    client_response = RelayResponse(relay.body(), status=response.status_code)
+    client_response = RelayResponse(relay, status=response.status_code)
     del client_response["Content-Type"]  # only what the upstream sent
     own_limits = allowance.headers()
     upstream_headers = headers.client_response_headers(

@@ -287,6 +287,59 @@ def test_the_read_timeout_bounds_each_wait_not_the_whole_body(run):
     assert 0.5 < waited < 1.5
 
 
+def test_a_pumped_body_goes_to_the_sink_as_it_arrives_and_waits_when_refused(run):
+    """`pump` hands chunks to the sink from the connection's callback; one it refuses waits to be read the usual
+    way, then pumping goes on; the end returns True, a stall times out, a break raises."""
+
+    async def trickles(head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for index in range(6):
+            await asyncio.sleep(0.05)
+            writer.write(b"1\r\n%d\r\n" % index)
+            await writer.drain()
+        if b"stall" in head:
+            await asyncio.sleep(5)
+        if b"break" in head:
+            return False
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def pumped(port: int, path: str = "/") -> tuple[list, list]:
+        made = transport(port)
+        request = httpx.Request("GET", f"http://127.0.0.1:{port}{path}", extensions={"timeout": {"read": 0.5}})
+        response = await made.handle_async_request(request)
+        body, seen, steps = response.stream, [], []
+
+        def sink(chunk: bytes) -> bool:
+            if chunk == b"2" and "refused" not in steps:
+                steps.append("refused")
+                return False
+            seen.append(chunk)
+            return True
+
+        try:
+            while not await body.pump(sink):
+                steps.append("waiting")
+                seen.append(b"read:" + await body.next_chunk())
+            return seen, steps
+        finally:
+            await body.aclose()
+
+    async def scenario():
+        async with Upstream(trickles) as port:
+            whole = await pumped(port)
+            with pytest.raises(httpx.ReadTimeout):
+                await pumped(port, "/stall")
+            with pytest.raises(httpx.RemoteProtocolError):
+                await pumped(port, "/break")
+        return whole
+
+    seen, steps = run(scenario())
+    assert seen == [b"0", b"1", b"read:2", b"3", b"4", b"5"]
+    assert steps == ["refused", "waiting"]
+
+
 def test_an_upstream_that_breaks_off_or_does_not_speak_http(run):
     async def scenario():
         async with Upstream(replying(b"", close=True)) as port:

@@ -109,3 +109,31 @@ def test_streams_do_not_hold_database_connections(proxy_server, issued, upstream
     records = wait_for_usage(21)
     assert sum(r.streamed for r in records) == 20 and not any(r.client_aborted for r in records)
     assert {r.completion_tokens for r in records if r.streamed} == {10}, "usage read from each stream"
+
+
+def test_a_client_that_reads_slowly_gets_every_chunk_in_order(proxy_server, issued):
+    """Chunks are passed on from the upstream connection's callback while the client keeps up; once its socket is
+    full they wait (and the upstream is read no faster than the client takes them), then go on in order."""
+    chunks = 30_000  # about 7 MB of events: more than the sockets between hold
+    with (
+        httpx.Client(base_url=proxy_server.base_url, timeout=30) as client,
+        client.stream(
+            "POST",
+            "/chat/completions",
+            json=CHAT,
+            headers={"Authorization": f"Bearer {issued.plaintext}", "x-mock-chunks": str(chunks)},
+        ) as response,
+    ):
+        parts = response.iter_raw()
+        received = bytearray(next(parts))
+        time.sleep(1.5)  # not reading: the proxy's writes to this client back up
+        for part in parts:
+            received += part
+    contents = [
+        line[len(b"data: ") :] for line in received.split(b"\n\n") if line.startswith(b"data: {") and b"part" in line
+    ]
+    assert len(contents) == chunks
+    assert all(f'"part{i} "'.encode() in line for i, line in enumerate(contents)), "out of order"
+    assert received.endswith(b"data: [DONE]\n\n")
+    (record,) = wait_for_usage(1)
+    assert record.streamed and record.completion_tokens == chunks and not record.client_aborted
