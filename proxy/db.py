@@ -278,6 +278,9 @@ def loop_sqlite() -> sqlite3.Connection | None:
         try:
             found = sqlite3.connect(name, timeout=0, isolation_level=None, uri=name.startswith("file:"))
             found.execute("PRAGMA synchronous = NORMAL")
+            # Its commits never run a checkpoint (copying the write-ahead log into the database file, then fsync):
+            # the database thread's commits do, off the event loop.
+            found.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error:
             return None  # the database thread's own attempt says what is wrong
         _loop_sqlite.connection = found
