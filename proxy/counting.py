@@ -19,6 +19,8 @@ _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])')
 _NULL_USAGE_LAST = re.compile(rb',\s*"usage"\s*:\s*null\s*\}\Z')
 # Any `"usage": null` member, first or not: an event whose every `"usage"` is one of these holds no counts.
 _ANY_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null(?=\s*[,}])')
+# How OpenAI writes that member as a chunk's last, at the end of its event.
+_NULL_USAGE_END = b'"usage":null}\n\n'
 _decoder = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 # Members only Anthropic's usage has: it counts cached prompt tokens apart from `input_tokens`.
@@ -243,6 +245,14 @@ class StreamUsage:
         """The bytes to send on for this chunk."""
         if self._gave_up:
             return self._out(chunk)
+        if not self._pending and chunk.find(b"\n") == len(chunk) - 2 and chunk.endswith(b"\n\n") and not self.strip:
+            # The usual chunk: one whole one-line event. Without a `"usage"` key, or with only the null one every
+            # chunk carries once usage is asked for, it has nothing to count (what `_pass` would find, less the
+            # buffering and the regular expressions).
+            usages = chunk.count(_USAGE_KEY)
+            if usages == 0 or (usages == 1 and chunk.endswith(_NULL_USAGE_END)):
+                kept = self._out(chunk)
+                return kept if self.hold else chunk
         self._pending += chunk
         end = _event_boundary(self._pending)
         complete = bytes(self._pending[:end])

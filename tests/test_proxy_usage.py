@@ -37,6 +37,33 @@ def test_the_usage_event_is_found_across_any_chunk_boundaries(size, strip):
     assert out == (WITHOUT_USAGE if strip else STREAM)
 
 
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+@pytest.mark.parametrize("hold", [True, False])
+@pytest.mark.parametrize("strip", [True, False])
+def test_a_stream_fed_one_event_at_a_time_is_counted_and_passed_as_any_other_way(strip, hold, separators):
+    """One whole event per chunk is how upstreams send (and OpenAI's compact chunks have a shorter way through): the
+    same bytes leave, the same counts are found, and with `hold` the usage event and what follows wait for
+    `release`."""
+
+    def event(document) -> bytes:
+        return b"data: " + json.dumps(document, separators=separators).encode() + b"\n\n"
+
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    events = [*(event(delta | {"usage": None}) for delta in DELTAS)]
+    events += [event({"id": "c", "choices": [], "usage": usage}), b"data: [DONE]\n\n"]
+    without_usage = b"".join([*(event(delta) for delta in DELTAS), b"data: [DONE]\n\n"])
+    parser = StreamUsage(strip=strip, hold=hold)
+    sent = [parser.feed(each) for each in events]
+    out = b"".join(sent) + parser.finish()
+    released = parser.release()
+
+    assert parser.counts == TokenCounts(3, 2, 5)
+    assert out + released == (without_usage if strip else b"".join(events))
+    if hold:
+        assert released == (b"data: [DONE]\n\n" if strip else b"".join(events[-2:]))
+    assert sent[0] == (event(DELTAS[0]) if strip else events[0])
+
+
 def test_complete_events_are_passed_on_at_once_when_stripping():
     first, second = sse({"id": "c", "choices": []}), sse({"id": "d", "choices": []})
     parser = StreamUsage(strip=True)
