@@ -13,6 +13,9 @@ needs and nothing else, with the same behaviour:
 - the request goes out in one write (head and body); the response's head and each chunk of its body are read as
   they arrive, within the read timeout, by httptools (the C parser uvicorn serves with): Content-Length, chunked or
   until-close bodies, interim 1xx responses skipped; reading pauses while more than 256 KiB wait for a slow reader;
+- a body is read by iterating it, or pumped (`_Body.pump`): each chunk handed, as it arrives, to a callback of the
+  reader's from the connection's own (a stream's chunks go on to the client without waking a task for each); one
+  the callback cannot take is left to be read the usual way;
 - a response whose body is closed before its end (the client went away), a cancelled request, a timeout or a
   protocol error closes its connection: only a connection whose response ended cleanly is reused;
 - TLS through the loop (the host name for SNI and certificate checks), and with `guarded`, the egress guard's check
