@@ -253,37 +253,41 @@ def test_a_body_that_stops_arriving_times_out(run):
     run(scenario())
 
 
+def trickling(chunks: int, gap: float, then: str = "end"):
+    """An upstream that answers with `chunks` one-digit chunks `gap` seconds apart, then the body's end, silence
+    (`stall`) or a closed connection (`break`)."""
+
+    async def answer(head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for index in range(chunks):
+            await asyncio.sleep(gap)
+            writer.write(b"1\r\n%d\r\n" % (index % 10))
+            await writer.drain()
+        if then == "stall":
+            await asyncio.sleep(5)
+        if then == "break":
+            return False
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    return answer
+
+
 def test_the_read_timeout_bounds_each_wait_not_the_whole_body(run):
     """A stream longer than the read timeout whose chunks keep coming is read whole; once they stop, it times out."""
 
-    async def trickles(head, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for _ in range(6):
-            await asyncio.sleep(0.1)
-            writer.write(b"1\r\nx\r\n")
-            await writer.drain()
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-
-    async def trickles_then_stalls(head, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for _ in range(3):
-            await asyncio.sleep(0.1)
-            writer.write(b"1\r\nx\r\n")
-            await writer.drain()
-        await asyncio.sleep(5)
-
     async def scenario():
-        async with Upstream(trickles) as port:
+        async with Upstream(trickling(6, 0.1)) as port:
             whole = await get(transport(port), timeout=0.25)
-        async with Upstream(trickles_then_stalls) as port:
+        async with Upstream(trickling(3, 0.1, then="stall")) as port:
             started = asyncio.get_running_loop().time()
             with pytest.raises(httpx.ReadTimeout):
                 await get(transport(port), timeout=0.25)
             return whole.content, asyncio.get_running_loop().time() - started
 
     content, waited = run(scenario())
-    assert content == b"x" * 6
+    assert content == b"012345"
     assert 0.5 < waited < 1.5
 
 
@@ -291,23 +295,9 @@ def test_a_pumped_body_goes_to_the_sink_as_it_arrives_and_waits_when_refused(run
     """`pump` hands chunks to the sink from the connection's callback; one it refuses waits to be read the usual
     way, then pumping goes on; the end returns True, a stall times out, a break raises."""
 
-    async def trickles(head, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for index in range(6):
-            await asyncio.sleep(0.05)
-            writer.write(b"1\r\n%d\r\n" % index)
-            await writer.drain()
-        if b"stall" in head:
-            await asyncio.sleep(5)
-        if b"break" in head:
-            return False
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        return True
-
-    async def pumped(port: int, path: str = "/") -> tuple[list, list]:
+    async def pumped(port: int) -> tuple[list, list]:
         made = transport(port)
-        request = httpx.Request("GET", f"http://127.0.0.1:{port}{path}", extensions={"timeout": {"read": 0.5}})
+        request = httpx.Request("GET", f"http://127.0.0.1:{port}/", extensions={"timeout": {"read": 0.5}})
         response = await made.handle_async_request(request)
         body, seen, steps = response.stream, [], []
 
@@ -327,12 +317,14 @@ def test_a_pumped_body_goes_to_the_sink_as_it_arrives_and_waits_when_refused(run
             await body.aclose()
 
     async def scenario():
-        async with Upstream(trickles) as port:
+        async with Upstream(trickling(6, 0.05)) as port:
             whole = await pumped(port)
+        async with Upstream(trickling(6, 0.05, then="stall")) as port:
             with pytest.raises(httpx.ReadTimeout):
-                await pumped(port, "/stall")
+                await pumped(port)
+        async with Upstream(trickling(6, 0.05, then="break")) as port:
             with pytest.raises(httpx.RemoteProtocolError):
-                await pumped(port, "/break")
+                await pumped(port)
         return whole
 
     seen, steps = run(scenario())
