@@ -301,7 +301,7 @@ class _Loop:
         return [first] if first is None else [first, *self._drain()]
 
     def _drain(self) -> list:
-        """What the queue holds now, up to a batch (none to stop at: the stop marker ends the thread's loop)."""
+        """What the queue holds now, up to a batch, and nothing after the stop marker (None)."""
         items = []
         while len(items) < UsageWriter.BATCH:
             try:
