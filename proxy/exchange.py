@@ -66,6 +66,7 @@ class Exchange:
     project_id: UUID | None = None
     model: str = ""
     cache: str = ""  # X-Cache, when the project's response cache is on (proxy.cache.Result)
+    count_later: bool = False  # admission left the request's count to its record (proxy.admission)
 
     @classmethod
     def from_scope(cls, scope: dict, read: dict[bytes, str]) -> "Exchange":
@@ -117,6 +118,7 @@ class Exchange:
                 token_prefix=self.token_prefix,
                 model=self.model,
                 cache=self.cache,
+                count_later=self.count_later,
                 **fields,
             )
         )

@@ -15,6 +15,9 @@ back what admission counted.
   token's request limit and the per-minute request limits is given back (in the minute it was counted in), so an
   upstream's failure does not use up quota (the SDKs retry those). Also before the answer goes out.
 
+A hit and a give-back undo only what admission counted (`Allowance.counted`); a request it did not count is counted
+with its record by the usage writer, in the token's charge (`Charge.requests`), unless it was a hit or given back.
+
 A give-back is one statement on PostgreSQL (on the event loop's own connections). Charges are written in groups:
 the charges that arrive while one write runs are written together in the next, one statement per token (its
 charges summed), so a busy worker writes the same hot token and project rows once per batch of responses rather
@@ -48,6 +51,8 @@ class Charge:
     project_id: UUID
     cost_usd: Decimal
     tokens: int
+    requests: int = 0  # requests admission did not count (proxy.admission), counted with their records
+    used_at: datetime | None = None  # the latest of those requests' times: the token's `last_used_at`
 
 
 _PERIOD = "CASE budget_period WHEN 'day' THEN %(day)s WHEN 'week' THEN %(week)s WHEN 'month' THEN %(month)s ELSE 0 END"
@@ -58,6 +63,11 @@ _TOKENS = (
     "WHEN tpm_minute < %(minute)s THEN %(tokens)s ELSE tpm_count END, "
     "tpm_minute = CASE WHEN tpm_minute < %(minute)s THEN %(minute)s ELSE tpm_minute END"
 )
+# The requests admission left to the usage writer, and when the latest of them came.
+_REQUESTS = (
+    "request_count = request_count + %(requests)s, last_used_at = CASE WHEN %(requests)s > 0 "
+    "AND (last_used_at IS NULL OR last_used_at < %(used_at)s) THEN %(used_at)s ELSE last_used_at END"
+)
 _GIVE_BACK = "rpm_count = CASE WHEN rpm_minute = %(minute)s AND rpm_count > 0 THEN rpm_count - 1 ELSE rpm_count END"
 
 
@@ -65,7 +75,7 @@ _GIVE_BACK = "rpm_count = CASE WHEN rpm_minute = %(minute)s AND rpm_count > 0 TH
 def _charge_sql() -> tuple[str, str]:
     token, project = Token._meta.db_table, Project._meta.db_table
     return (
-        f"UPDATE {token} SET spent_usd = spent_usd + %(cost)s, {_TOKENS} WHERE id = %(token)s",
+        f"UPDATE {token} SET spent_usd = spent_usd + %(cost)s, {_TOKENS}, {_REQUESTS} WHERE id = %(token)s",
         f"UPDATE {project} SET spent_usd = CASE WHEN spend_period = {_PERIOD} THEN spent_usd + %(cost)s "
         f"ELSE %(cost)s END, spend_period = {_PERIOD}, {_TOKENS} WHERE id = %(project)s",
     )
@@ -83,23 +93,24 @@ def _give_back_sql() -> tuple[str, str]:
 
 @cache
 def hit_sql() -> str:
-    """The token's side of a cache hit (the caller may add conditions after the WHERE's)."""
+    """The token's side of a cache hit (the caller may add conditions after the WHERE's): what admission counted
+    (`counted`) is given back."""
     return (
-        f"UPDATE {Token._meta.db_table} SET request_count = CASE WHEN request_count > 0 THEN request_count - 1 "
-        "ELSE 0 END, cache_hit_count = cache_hit_count + 1 WHERE id = %(token)s"
+        f"UPDATE {Token._meta.db_table} SET request_count = CASE WHEN %(counted)s AND request_count > 0 "
+        "THEN request_count - 1 ELSE request_count END, cache_hit_count = cache_hit_count + 1 WHERE id = %(token)s"
     )
 
 
-def count_hit(token_id: UUID) -> None:
+def count_hit(token_id: UUID, counted: bool) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(hit_sql(), {"token": _id(token_id, False)})
+        cursor.execute(hit_sql(), {"token": _id(token_id, False), "counted": counted})
 
 
-async def count_hit_async(token_id: UUID) -> None:
+async def count_hit_async(token_id: UUID, counted: bool) -> None:
     if not db.is_postgresql():
-        await db.run_grouped(count_hit, token_id)  # with the admissions waiting meanwhile: one write lock for all
+        await db.run_grouped(count_hit, token_id, counted)  # with the admissions waiting: one write lock for all
         return
-    await db.on_loop_connection(lambda conn: conn.execute(hit_sql(), {"token": token_id}))
+    await db.on_loop_connection(lambda conn: conn.execute(hit_sql(), {"token": token_id, "counted": counted}))
 
 
 @cache
@@ -115,11 +126,14 @@ def _id(value: UUID | None, vendor_ready: bool) -> object:
 
 
 def _charge_params(charge: Charge, now: datetime, raw: bool = False) -> dict:
+    used_at = charge.used_at
     return {
         "token": _id(charge.token_id, raw),
         "project": _id(charge.project_id, raw),
         "cost": charge.cost_usd,
         "tokens": charge.tokens,
+        "requests": charge.requests,
+        "used_at": used_at if raw or used_at is None else connection.ops.adapt_datetimefield_value(used_at),
         "minute": minute_key(now),
         **period_keys(now),
     }
@@ -140,6 +154,8 @@ def charge(charges: list[Charge], now: datetime | None = None) -> set[UUID]:
         for item in charges:
             cursor.execute(token_sql, _charge_params(item, now))
         for item in sorted(charges, key=lambda item: str(item.project_id)):
+            if not item.cost_usd and not item.tokens:
+                continue  # only requests to count: the project has nothing to add
             cursor.execute(f"{project_sql} RETURNING budget_usd", _charge_params(item, now))
             if (found := cursor.fetchone()) is not None and found[0] is not None:
                 budgeted.add(item.project_id)
@@ -199,6 +215,8 @@ async def _write_charges(items: list[Charge]) -> None:
 
 
 async def give_back_async(token_id: UUID, project_id: UUID, allowance: Allowance) -> None:
+    if not allowance.counted:
+        return  # admission counted nothing; the request is not counted with its record either (proxy.views)
     if not db.is_postgresql():
         await db.run_grouped(give_back, token_id, project_id, allowance)
         return

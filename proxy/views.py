@@ -79,6 +79,7 @@ async def forward(request: ProxyRequest) -> HttpResponse:
 async def _give_back_and_refuse(exchange: Exchange, admitted: admission.Admission, refusal) -> HttpResponse:
     """A request admission counted is refused after all (or failed upstream): its count is given back first, so it
     uses up no quota, then the refusal goes out."""
+    exchange.count_later = False
     try:
         await settlement.give_back_async(admitted.token_id, admitted.project_id, admitted.allowance)
     except SETTLE_ERRORS as exc:
@@ -192,6 +193,7 @@ async def _forward(
             return exchange.refuse(errors.invalid_token_format())
         return exchange.refuse(admitted.refusal)
     cache_store.remember(digest, admitted.cache_mode)
+    exchange.count_later = not admitted.allowance.counted
     if checked is None:
         checked = check_request(admitted)
     if checked.refusal is not None:
@@ -201,6 +203,7 @@ async def _forward(
         if not looked_up:
             plan, found = await _look_up(exchange, admitted, plan)
         if found is not None:
+            exchange.count_later = False  # a hit is counted as one, not as a request
             rewrite = model_list.rewriter(policy) if checked.lists_models else None
             return replay.response(exchange, found, allowance, strip=sent.usage_injected, rewrite=rewrite)
     try:
@@ -241,6 +244,8 @@ async def _forward(
     is_event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
     strip = is_event_stream and sent.usage_injected
     give_back = response.status_code >= 500  # the upstream failed: the request is not counted
+    if give_back:
+        exchange.count_later = False
     settle = None
     if give_back or allowance.charges_before_end:
         settle = Settlement(allowance, admitted.token_id, admitted.project_id, price, give_back=give_back)
@@ -347,7 +352,7 @@ async def _look_up(
 ) -> tuple[cache.Plan | None, cache_store.Entry | None]:
     """The stored answer, counted as a hit (or none); the plan becomes None when the cache cannot be read now."""
     try:
-        return plan, await cache_store.take(plan.key, admitted.token_id)
+        return plan, await cache_store.take(plan.key, admitted.token_id, admitted.allowance.counted)
     except cache_store.Unavailable:
         exchange.cache = cache.Result.BYPASS
         return None, None

@@ -78,6 +78,7 @@ class Record:
     charged: bool = False  # the relay charged the token and project already (see proxy.settlement)
     cached: bool = False  # answered from the response cache: costs nothing, saves what it would have cost
     cache: str = ""  # X-Cache (proxy.cache.Result), for the metrics
+    count_later: bool = False  # admission did not count the request: written, it adds to its token's request count
 
 
 _COPIED = tuple(f.name for f in fields(Record) if f.name not in ("counts", "json_tail"))
@@ -123,22 +124,31 @@ def _price(rows: list[dict]) -> None:
 
 
 def _charges(rows: list[dict]) -> list[Charge]:
-    """What rows the relay did not charge add to their tokens and projects, one charge per token."""
+    """What rows add to their tokens and projects, one charge per token: what the relay did not charge, and the
+    requests admission did not count."""
     summed: dict[tuple, list] = {}
     for row in rows:
-        if row.get("charged") or row["token_id"] is None:
+        if row["token_id"] is None:
             continue
-        used = TokenCounts(row.get("prompt_tokens"), row.get("completion_tokens"), row.get("total_tokens")).used
-        if row.get("cost_usd") or used:
-            entry = summed.setdefault((row["token_id"], row["project_id"]), [Decimal(0), 0])
-            entry[0] += row.get("cost_usd") or 0
+        cost, used = Decimal(0), 0
+        if not row.get("charged"):
+            cost = row.get("cost_usd") or Decimal(0)
+            used = TokenCounts(row.get("prompt_tokens"), row.get("completion_tokens"), row.get("total_tokens")).used
+        counted = row.get("count_later", False)
+        if cost or used or counted:
+            entry = summed.setdefault((row["token_id"], row["project_id"]), [Decimal(0), 0, 0, None])
+            entry[0] += cost
             entry[1] += used
-    return [Charge(token, project, cost, used) for (token, project), (cost, used) in summed.items()]
+            if counted:
+                entry[2] += 1
+                entry[3] = row["time"] if entry[3] is None else max(entry[3], row["time"])
+    return [Charge(token, project, *sums) for (token, project), sums in summed.items()]
 
 
 def store(rows: list[dict]) -> int:
-    """Write rows not written yet: the records, their per-day sums, the charges the relay did not make, the budget
-    alerts they cause and their security events, in one transaction. Returns how many were new. Runs on a database
+    """Write rows not written yet: the records, their per-day sums, the charges the relay did not make (and the
+    request counts admission left to them), the budget alerts they cause and their security events, in one
+    transaction. Returns how many were new. Runs on a database
     thread (or a test's own)."""
     with db.sqlite_writing(), transaction.atomic():
         _price(rows)

@@ -10,9 +10,10 @@ from django.utils import timezone
 
 from proxy import db
 from proxy.admission import admit, admit_async
+from tests.live import wait_for_usage
 from tokens import secret
 from tokens.models import Token, TokenStatus
-from tokens.services import token_revoke
+from tokens.services import token_revoke, token_set_limits
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -54,7 +55,12 @@ def test_the_statement_admits_exactly_what_the_status_rule_calls_usable(make_pro
         after = Token.objects.get(pk=pk)
 
         assert (result.refusal is None) == usable, (state, project_active)
-        if usable:
+        if usable and state == "unlimited":
+            # No request limit: admission only reads; the request is counted with its usage record.
+            assert not result.allowance.counted
+            assert after.request_count == before.request_count and after.last_used_at == before.last_used_at
+        elif usable:
+            assert result.allowance.counted
             assert after.request_count == before.request_count + 1 and after.last_used_at == now
             assert result.token_id == pk and result.project_id == before.project_id
         else:
@@ -96,10 +102,36 @@ def test_fifty_concurrent_requests_on_a_limit_of_ten_admit_exactly_ten(
     assert len(proxy_server.pids()) >= 3, "served by gunicorn with at least two workers"
 
 
+@pytest.mark.usefixtures("live_db")
+def test_a_token_without_a_request_limit_is_counted_with_its_records(
+    proxy_server, upstream, make_project, make_token, openai_client, operator
+):
+    """Admission only reads such a token (no write, no lock, no commit to wait for); each request it admitted is
+    counted when its usage record is written, but for one the upstream failed. A limit set later counts them."""
+    issued = make_token(make_project())
+    client = openai_client(issued.plaintext)
+    for _ in range(3):
+        client.chat.completions.create(**CHAT)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(**CHAT, extra_headers={"x-mock-status": "500"})
+
+    records = wait_for_usage(4, token_id=issued.token.pk)
+    token = Token.objects.get(pk=issued.token.pk)
+    assert [record.status for record in records] == [200, 200, 200, 500]
+    assert token.request_count == 3 and token.last_used_at == records[2].time
+
+    token_set_limits(token=token, max_requests=4, actor=operator)
+    client.chat.completions.create(**CHAT)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(**CHAT)
+    assert refused.value.code == "request_limit_reached"
+    assert len(upstream.requests) == 5 and Token.objects.get(pk=issued.token.pk).request_count == 4
+
+
 @pytest.mark.django_db(transaction=True)
 def test_admissions_waiting_together_each_get_their_own_answer(make_project, make_token, operator):
     """On SQLite the admissions waiting for the database thread run as one group (on PostgreSQL each on its own):
-    every one is still decided and counted for its own token."""
+    every one is still decided and counted for its own token (the unlimited one's are left to their records)."""
     project = make_project()
     limited = make_token(project, max_requests=3)
     revoked = make_token(project)
@@ -123,7 +155,8 @@ def test_admissions_waiting_together_each_get_their_own_answer(make_project, mak
     assert codes[5:] == ["token_revoked", "invalid_token"] + ["admitted"] * 4
     assert {result.token_id for result in results[:5]} == {limited.token.pk}
     assert Token.objects.get(pk=limited.token.pk).request_count == 3
-    assert Token.objects.get(pk=plain.token.pk).request_count == 4
+    assert [result.allowance.counted for result in results[7:]] == [False] * 4
+    assert Token.objects.get(pk=plain.token.pk).request_count == 0
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
@@ -134,7 +167,7 @@ def test_admission_is_prepared_once_per_connection_unless_turned_off(settings, m
     event loop's connections prepares it once; behind a pooler that cannot keep prepared statements it is off."""
     settings.PROXY_PREPARED_STATEMENTS = prepared
     settings.PROXY_ADMISSION_CONNECTIONS = 1  # so every admission below runs on the same connection
-    issued = make_token(make_project())
+    issued = make_token(make_project(), max_requests=100)  # counted: the statement's locking part runs
 
     async def admit_and_look() -> tuple[list, int]:
         results = [await admit_async(secret.digest(issued.plaintext)) for _ in range(3)]
