@@ -278,6 +278,7 @@ def loop_sqlite() -> sqlite3.Connection | None:
         try:
             found = sqlite3.connect(name, timeout=0, isolation_level=None, uri=name.startswith("file:"))
             found.execute("PRAGMA synchronous = NORMAL")
+            found.execute("PRAGMA temp_store = MEMORY")  # as the settings' connections (llmproxy.settings)
             # Its commits never run a checkpoint (copying the write-ahead log into the database file, then fsync):
             # the database thread's commits do, off the event loop.
             found.execute("PRAGMA wal_autocheckpoint = 0")
