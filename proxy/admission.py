@@ -54,6 +54,7 @@ from decimal import Decimal
 from functools import cache
 
 import psycopg
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -63,7 +64,7 @@ from projects.policy import UNRESTRICTED, RequestPolicy, request_policy
 from projects.upstreams import base_url
 from tokens.models import Token, TokenStatus
 
-from . import db, errors
+from . import db, errors, libpq
 from .batches import Batches
 from .loops import of_this_loop
 
@@ -279,6 +280,30 @@ def _params(digest: str, now: datetime, stamp) -> dict:
     return {"digest": digest, "now": stamp, "minute": minute_key(now), **period_keys(now)}
 
 
+def _text(value: bytes) -> str:
+    return value.decode()
+
+
+def _true(value: bytes) -> bool:
+    return value == b"t"
+
+
+def _decimal_text(value: bytes) -> Decimal:
+    return Decimal(value.decode())
+
+
+_INTEGERS = ("max_requests", "t_rpm", "t_rpm_count", "p_rpm", "p_rpm_count", "t_tpm", "t_tpm_used", "p_tpm")
+_READ_TEXT = {"t_budget": _decimal_text, "p_budget": _decimal_text, "counted": _true}
+_READ_TEXT |= dict.fromkeys((*_INTEGERS, "p_tpm_used", "cache_ttl"), int)
+# How each of the statement's values reads from PostgreSQL's text form (proxy.libpq), in the order of `_RETURNED`;
+# the rest (the ids too, as `_uuid` takes them) is text.
+_FROM_TEXT = tuple(_READ_TEXT.get(name, _text) for name in _RETURNED)
+
+
+def _from_text(row: tuple[bytes | None, ...]) -> tuple:
+    return tuple(None if value is None else read(value) for read, value in zip(_FROM_TEXT, row, strict=True))
+
+
 def _uuid(value) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
@@ -484,8 +509,9 @@ async def _postgresql_rows(all_params: list[dict]) -> list[tuple | None]:
 
     async def statements(conn) -> list[tuple | None]:
         if len(values) == 1:
-            cursor = await psycopg.AsyncRawCursor(conn).execute(sql, values[0])
-            return [await cursor.fetchone()]
+            texts = [libpq.as_text(value) for value in values[0]]
+            row = await libpq.fetch_one(conn, b"llmproxy_admit", sql, texts, settings.PROXY_PREPARED_STATEMENTS)
+            return [None if row is None else _from_text(row)]
         async with conn.pipeline(), conn.transaction():
             cursors = [await psycopg.AsyncRawCursor(conn).execute(sql, each) for each in values]
         return [await cursor.fetchone() for cursor in cursors]

@@ -144,7 +144,7 @@ def test_admissions_waiting_together_each_get_their_own_answer(make_project, mak
     async def admit_all() -> list:
         results = await asyncio.gather(*(admit_async(digest) for digest in digests))
         if db.is_postgresql():
-            await (await db.loop_pool()).close()  # this loop's connections, which would outlive the test
+            await db.close_loop_connections()  # which would outlive the test
         return results
 
     results = asyncio.run(admit_all())
@@ -177,7 +177,7 @@ def test_admission_is_prepared_once_per_connection_unless_turned_off(settings, m
             )
             return results, await cursor.fetchall()
         finally:
-            await (await db.loop_pool()).close()
+            await db.close_loop_connections()
 
     results, statements = asyncio.run(admit_and_look())
     assert all(result.refusal is None for result in results)
