@@ -312,7 +312,26 @@ def _decimal(value) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+_ADMITTED_KEPT = 1024
+_admitted_rows: dict[tuple, Admission] = {}
+
+
 def _admitted(row: tuple, now: datetime) -> Admission:
+    """The admission the statement's row says, within this second of this minute: an identical row (a token with no
+    per-minute limit has the same row request after request) gives the same (frozen) Admission, built once. The
+    statement still runs for every request: this spares only building the objects again (5 % of a worker's CPU at
+    c=32, profiled)."""
+    minute, reset = minute_key(now), minute_reset_seconds(now)
+    key = (row, minute, reset)
+    found = _admitted_rows.get(key)
+    if found is None:
+        if len(_admitted_rows) >= _ADMITTED_KEPT:
+            _admitted_rows.clear()
+        found = _admitted_rows[key] = _admission_of(row, minute, reset)
+    return found
+
+
+def _admission_of(row: tuple, minute: int, reset: int) -> Admission:
     values = dict(zip(_RETURNED, row, strict=True))
     t_rpm, p_rpm, t_tpm, p_tpm = values["t_rpm"], values["p_rpm"], values["t_tpm"], values["p_tpm"]
     requests = [
@@ -328,8 +347,8 @@ def _admitted(row: tuple, now: datetime) -> Admission:
     requests_limit, requests_remaining = min(requests, key=lambda pair: pair[1]) if requests else (None, None)
     tokens_limit, tokens_remaining = min(tokens, key=lambda pair: pair[1]) if tokens else (None, None)
     allowance = Allowance(
-        minute=minute_key(now),
-        reset_seconds=minute_reset_seconds(now),
+        minute=minute,
+        reset_seconds=reset,
         requests_limit=requests_limit,
         requests_remaining=requests_remaining,
         tokens_limit=tokens_limit,
