@@ -5,7 +5,7 @@ import csv
 import io
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from html import unescape
 from urllib.parse import parse_qs, urlsplit
@@ -30,12 +30,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 LOG = reverse("admin:proxy_usagerecord_changelist")
 EXPORT = reverse("admin:proxy_usagerecord_export")
-NOW = timezone.now()
+
+
+def scene_now() -> datetime:
+    """Now, or two minutes past midnight if it is earlier than that: the scene's requests a minute apart both fall on
+    today whenever its test runs (a time taken at import had turned into yesterday when a long run crossed midnight)."""
+    now = timezone.now()
+    midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(now, midnight + timedelta(minutes=2))
 
 
 def record(*, project=None, token=None, time=None, status: int = 200, **fields) -> Record:
     return Record(
-        time=time or NOW,
+        time=time or timezone.now(),
         method=fields.pop("method", "POST"),
         path=fields.pop("path", "/v1/chat/completions"),
         status=status,
@@ -58,6 +65,7 @@ def write(*records: Record) -> None:
 def scene(make_project, make_token):
     """Two projects, a labelled token and another, and requests of many kinds."""
     alpha, beta = make_project("Alpha"), make_project("Beta")
+    now = scene_now()
     alice = make_token(alpha, label="alice").token
     bob = make_token(beta).token
     write(
@@ -71,9 +79,9 @@ def scene(make_project, make_token):
             ttfb_ms=45.6,
             streamed=True,
             client_ip="203.0.113.7",
-            time=NOW - timedelta(minutes=1),
+            time=now - timedelta(minutes=1),
         ),
-        record(project=alpha, token=alice, model="gpt-4o-mini", status=502, request_id="req-alpha-502", time=NOW),
+        record(project=alpha, token=alice, model="gpt-4o-mini", status=502, request_id="req-alpha-502", time=now),
         record(
             project=beta,
             token=bob,
@@ -81,14 +89,14 @@ def scene(make_project, make_token):
             status=429,
             refusal_code="limit_reached",
             request_id="req-beta-429",
-            time=NOW - timedelta(days=3),
+            time=now - timedelta(days=3),
         ),
         record(
             token_prefix="sk-wt-Zz9Yy8",
             status=401,
             refusal_code="invalid_token",
             request_id="req-unknown",
-            time=NOW - timedelta(days=40),
+            time=now - timedelta(days=40),
         ),
         record(
             project=beta,
@@ -97,7 +105,7 @@ def scene(make_project, make_token):
             status=200,
             client_aborted=True,
             request_id="req-beta-aborted",
-            time=NOW - timedelta(days=10),
+            time=now - timedelta(days=10),
         ),
     )
     return {"alpha": alpha, "beta": beta, "alice": alice, "bob": bob}
