@@ -135,6 +135,34 @@ def test_later_batches_add_to_the_same_groups_including_those_without_project_or
     assert UsageDaily.objects.count() == 3
 
 
+@pytest.mark.parametrize("size", [1, 2, 5])
+@pytest.mark.usefixtures("transactional_db")
+def test_rows_stored_again_are_not_counted_again(project_and_token, size):
+    """A batch written back from the spill file after its commit was in fact made (the connection dropped while
+    the commit's answer was on its way) adds nothing. Small batches and large ones are inserted differently."""
+    project, token = project_and_token
+    rows = [
+        _row(
+            record(
+                project_id=project.pk, token_id=token.pk, model="gpt-4o", counts=TokenCounts(2, 3, 5), count_later=True
+            )
+        )
+        for _ in range(size)
+    ]
+    assert store([dict(row) for row in rows]) == size
+    assert store([dict(row) for row in rows]) == 0
+    fresh = _row(
+        record(project_id=project.pk, token_id=token.pk, model="gpt-4o", counts=TokenCounts(2, 3, 5), count_later=True)
+    )
+    assert store([dict(row) for row in rows[: size - 1]] + [fresh]) == 1
+
+    assert UsageRecord.objects.count() == size + 1
+    n = size + 1
+    assert daily() == {(NOW.astimezone(UTC).date(), project.pk, token.pk, "gpt-4o"): (n, 0, 0, 2 * n, 3 * n, 5 * n)}
+    token.refresh_from_db()
+    assert token.request_count == n  # each request counted with its record, once
+
+
 @pytest.mark.usefixtures("transactional_db")
 def test_concurrent_writers_keep_exact_sums(project_and_token):
     """Two writers (each with its own database connection, like two gunicorn workers) hit the same groups."""
