@@ -126,7 +126,9 @@ def _insert_new_postgresql(model: type[models.Model], connection, rows: list[dic
         params = [[row.get(name, default) for row in rows] for name, default in defaults.items()]
         sql = _insert_sql(model, connection.alias, 0)
     connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
+    # Errors as Django's cursors give them: a dropped connection is an OperationalError, which the database thread
+    # retries on a fresh connection and the usage writer keeps its rows for (proxy.db.CONNECTION_ERRORS).
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params)
         return {value for (value,) in cursor.fetchall()}
 

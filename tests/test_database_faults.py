@@ -14,8 +14,11 @@ import psycopg
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 
+from proxy import db
 from proxy.models import UsageRecord
+from proxy.writer import Record, _row, store
 from tests.live import TEST_SERVER_ENV, database_url, start_server
 from tests.tcp_relay import TcpRelay
 
@@ -103,6 +106,40 @@ def test_dropped_connections_cost_no_refusal_and_no_record(
         assert manage.json()["status"] == "ready"
     finally:
         server.stop()
+
+
+def usage_row() -> dict:
+    return _row(
+        Record(
+            time=timezone.now(),
+            method="POST",
+            path="/v1/chat/completions",
+            status=200,
+            duration_ms=1.0,
+            request_id=uuid.uuid4().hex,
+            client_ip="10.0.0.9",
+        )
+    )
+
+
+def drop_own_connection() -> None:
+    connection.ensure_connection()
+    with admin_connection() as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_usage_batch_on_a_dropped_connection_is_written_at_once_on_a_fresh_one():
+    """The usage batch's statements report a dropped connection as Django's cursors do, so the database thread
+    writes the batch again at once on a new connection (and the writer would keep its rows, not take them for
+    faulty ones)."""
+    assert store([usage_row()]) == 1
+    drop_own_connection()
+    with pytest.raises(db.CONNECTION_ERRORS):
+        store([usage_row()])
+    drop_own_connection()
+    assert db.call(store, [usage_row()]) == 1
+    assert UsageRecord.objects.count() == 2
 
 
 def test_an_idle_session_timeout_costs_nothing(live_db, upstream, make_project, make_token, tmp_path, spill_dir):
