@@ -1,7 +1,7 @@
 """How the usage writer stores a batch, exactly, on either database: records inserted once each, per-day sums
 added to."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date
 from functools import cache
 from uuid import UUID
@@ -9,6 +9,8 @@ from uuid import UUID
 import psycopg
 from django.db import connections, models
 from django.db.models.sql import Query
+
+from .db import Together
 
 DAILY_KEY = ("day", "project", "token", "model")
 DAILY_SUMS = (
@@ -134,34 +136,41 @@ def _insert_new_postgresql(model: type[models.Model], connection, rows: list[dic
 
 
 class UsageDailyManager(models.Manager):
-    def add(self, rows: Iterable[dict]) -> None:
-        """Add usage rows to their days' sums: one upsert per chunk of groups, in the caller's transaction.
+    def add(self, rows: Iterable[dict], together: Together | None = None) -> None:
+        """Add usage rows to their days' sums: one upsert per chunk of groups, in the caller's transaction (sent with
+        the caller's next statement when it passes `together`).
 
         Adding (`requests = requests + excluded.requests`, …) in the statement keeps the sums exact however many
         processes write at once. Groups go in key order, so two writers lock shared rows in the same order (no
         deadlock).
         """
-        groups = daily_sums(rows)
-        if not groups:
-            return
         connection = connections[self.db]
+        if together is not None:
+            for sql, params in self._upserts(rows, connection):
+                together.later(sql, params)
+            return
+        with connection.cursor() as cursor:
+            for sql, params in self._upserts(rows, connection):
+                cursor.execute(sql, params)
+
+    def _upserts(self, rows: Iterable[dict], connection) -> Iterator[tuple[str, list]]:
+        groups = daily_sums(rows)
         meta = self.model._meta
         key_fields = [meta.get_field(name) for name in DAILY_KEY]
         per_row = len(DAILY_KEY) + len(DAILY_SUMS)
         chunk = max((connection.features.max_query_params or 60_000) // per_row, 1)
         ordered = sorted(groups.items(), key=lambda item: tuple("" if v is None else str(v) for v in item[0]))
         head, tail = _daily_upsert_sql(self.model, connection.alias)
-        with connection.cursor() as cursor:
-            for start in range(0, len(ordered), chunk):
-                part = ordered[start : start + chunk]
-                params = []
-                for key, sums in part:
-                    params += [
-                        field.get_db_prep_save(value, connection) for field, value in zip(key_fields, key, strict=True)
-                    ]
-                    params += sums
-                values = ", ".join([f"({', '.join(['%s'] * per_row)})"] * len(part))
-                cursor.execute(f"{head} {values} {tail}", params)
+        for start in range(0, len(ordered), chunk):
+            part = ordered[start : start + chunk]
+            params = []
+            for key, sums in part:
+                params += [
+                    field.get_db_prep_save(value, connection) for field, value in zip(key_fields, key, strict=True)
+                ]
+                params += sums
+            values = ", ".join([f"({', '.join(['%s'] * per_row)})"] * len(part))
+            yield f"{head} {values} {tail}", params
 
 
 @cache

@@ -139,26 +139,36 @@ def _charge_params(charge: Charge, now: datetime, raw: bool = False) -> dict:
     }
 
 
-def charge(charges: list[Charge], now: datetime | None = None) -> set[UUID]:
-    """Charge on this thread's connection, in the caller's transaction if there is one (the usage writer's).
-    Returns the charged projects that have a budget (their alerts are to be checked)."""
+def charge(charges: list[Charge], now: datetime | None = None, together: db.Together | None = None) -> set[UUID]:
+    """Charge on this thread's connection, in the caller's transaction if there is one (the usage writer's, whose
+    statements waiting in `together` go with these). Returns the charged projects that have a budget (their alerts
+    are to be checked)."""
     now = now or timezone.now()
+    if together is not None:
+        return _charge(charges, now, together)
+    # No savepoint inside the writer's transaction: on PostgreSQL it is two more round trips per batch, and a failure
+    # fails the whole batch anyway.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        together = db.Together(cursor)
+        budgeted = _charge(charges, now, together)
+        together.flush()
+    return budgeted
+
+
+def _charge(charges: list[Charge], now: datetime, together: db.Together) -> set[UUID]:
     token_sql, project_sql = _charge_sql()
     budgeted = set()
     # Every token's row, then every project's, each in a fixed order: admission locks a token's row before its
     # project's, so no two transactions can each hold a row the other waits for.
     charges = sorted(charges, key=lambda item: (str(item.token_id), str(item.project_id)))
-    # No savepoint inside the writer's transaction: on PostgreSQL it is two more round trips per batch, and a failure
-    # fails the whole batch anyway.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        for item in charges:
-            cursor.execute(token_sql, _charge_params(item, now))
-        for item in sorted(charges, key=lambda item: str(item.project_id)):
-            if not item.cost_usd and not item.tokens:
-                continue  # only requests to count: the project has nothing to add
-            cursor.execute(f"{project_sql} RETURNING budget_usd", _charge_params(item, now))
-            if (found := cursor.fetchone()) is not None and found[0] is not None:
-                budgeted.add(item.project_id)
+    for item in charges:
+        together.later(token_sql, _charge_params(item, now))
+    for item in sorted(charges, key=lambda item: str(item.project_id)):
+        if not item.cost_usd and not item.tokens:
+            continue  # only requests to count: the project has nothing to add
+        found = together.now(f"{project_sql} RETURNING budget_usd", _charge_params(item, now)).fetchone()
+        if found is not None and found[0] is not None:
+            budgeted.add(item.project_id)
     return budgeted
 
 

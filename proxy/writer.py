@@ -35,7 +35,7 @@ from pathlib import Path
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from llmproxy.security.events import Occurrence, record_security_events
 from llmproxy.security.scrub import scrub_secrets
@@ -154,8 +154,11 @@ def store(rows: list[dict]) -> int:
         _price(rows)
         new_uids = UsageRecord.objects.insert_new(rows)
         new = [row for row in rows if row["uid"] in new_uids]
-        UsageDaily.objects.add(new)
-        budgeted = charge(charges) if (charges := _charges(new)) else set()
+        with connection.cursor() as cursor:
+            together = db.Together(cursor)  # PostgreSQL: the sums and charges in one round trip
+            UsageDaily.objects.add(new, together)
+            budgeted = charge(charges, together=together) if (charges := _charges(new)) else set()
+            together.flush()
         # And those the relay charged before the response's end (a budget or a token limit applies to them).
         relay_charged = {row["project_id"] for row in new if row.get("charged") and row.get("cost_usd")}
         budgeted |= relay_charged - {None}

@@ -243,14 +243,18 @@ def test_budget_alerts_once_per_threshold_and_period_posted_to_the_webhook(recei
 @pytest.mark.django_db(transaction=True)
 def test_the_usage_writer_checks_the_budget_of_a_project_it_charges(make_project, make_token):
     """A record the relay did not charge (the budget was set after its request was admitted) is charged by the usage
-    writer, which then sees the budget crossed; a project without a budget gets no alert."""
-    budgeted, plain = make_project(name="late budget"), make_project(name="no budget")
-    budgeted.budget_usd = Decimal("1")
-    budgeted.save()
+    writer, which then sees the budget crossed; a project without a budget gets no alert. One batch, three projects:
+    each is charged its own and judged by its own budget."""
+    budgeted, plain, over = make_project(name="late budget"), make_project(name="no budget"), make_project(name="over")
+    for project in (budgeted, over):
+        project.budget_usd = Decimal("1")
+        project.save()
 
     def charged(project, cost: str) -> Record:
         return record(project=project, token=make_token(project).token, model="gpt-4o", cost_usd=Decimal(cost))
 
-    assert writer.write([charged(budgeted, "0.9"), charged(plain, "5")]) == 2
-    assert [(a.project_id, a.threshold) for a in BudgetAlert.objects.all()] == [(budgeted.pk, 80)]
-    assert Project.objects.get(pk=plain.pk).spent_usd == Decimal("5")
+    assert writer.write([charged(budgeted, "0.9"), charged(plain, "5"), charged(over, "1.2")]) == 3
+    alerts = {(a.project_id, a.threshold) for a in BudgetAlert.objects.all()}
+    assert alerts == {(budgeted.pk, 80), (over.pk, 80), (over.pk, 100)}
+    spent = {p.pk: p.spent_usd for p in Project.objects.all()}
+    assert (spent[budgeted.pk], spent[plain.pk], spent[over.pk]) == (Decimal("0.9"), Decimal("5"), Decimal("1.2"))

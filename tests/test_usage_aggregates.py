@@ -211,9 +211,9 @@ def test_a_failed_batch_leaves_no_half_written_sums(project_and_token, monkeypat
     project, token = project_and_token
     real, calls = UsageDaily.objects.add, []
 
-    def failing_once(rows):
+    def failing_once(rows, together=None):
         calls.append(len(rows))
-        real(rows)
+        real(rows, together)
         if len(calls) == 1:
             raise RuntimeError("a row the database refuses")
 
