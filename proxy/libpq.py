@@ -15,10 +15,14 @@ request was cancelled) is closed, so its pool replaces it rather than hand it ou
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import psycopg
 from psycopg import errors, pq
+
+T = TypeVar("T")
 
 _prepared: "weakref.WeakKeyDictionary[psycopg.AsyncConnection, set[bytes]]" = weakref.WeakKeyDictionary()
 
@@ -37,12 +41,7 @@ async def fetch_one(
 ) -> tuple[bytes | None, ...] | None:
     """The statement's first row, its values as text (None: NULL), or None when it returns no row. Raises psycopg's
     errors: OperationalError when the connection is gone (proxy.db retries), the statement's own error otherwise."""
-    try:
-        return await _fetch_one(conn, name, sql, params, prepare)
-    except errors.InvalidSqlStatementName:
-        # The session lost its prepared statements (a pooler or an operator reset it): prepared again, once.
-        _prepared.get(conn, set()).discard(name)
-        return await _fetch_one(conn, name, sql, params, prepare)
+    return await _prepared_again_if_lost(conn, name, lambda: _fetch_one(conn, name, sql, params, prepare))
 
 
 async def _fetch_one(
@@ -74,11 +73,16 @@ async def fetch_each(
 ) -> list[tuple[bytes | None, ...] | None]:
     """`fetch_one` for each parameter list, the statements pipelined: sent together and run in one implicit
     transaction that commits after the last (a statement's error rolls them all back and is raised)."""
+    return await _prepared_again_if_lost(conn, name, lambda: _fetch_each(conn, name, sql, each, prepare))
+
+
+async def _prepared_again_if_lost(conn: psycopg.AsyncConnection, name: bytes, run: Callable[[], Awaitable[T]]) -> T:
     try:
-        return await _fetch_each(conn, name, sql, each, prepare)
+        return await run()
     except errors.InvalidSqlStatementName:
+        # The session lost its prepared statements (a pooler or an operator reset it): prepared again, once.
         _prepared.get(conn, set()).discard(name)
-        return await _fetch_each(conn, name, sql, each, prepare)
+        return await run()
 
 
 async def _fetch_each(
