@@ -21,7 +21,11 @@ count, `ok` reads them again with `FOR UPDATE OF t`, which locks the token row, 
 token waits and the conditions are re-checked against the row it committed; then the `UPDATE` of the project's
 minute (re-checked the same way against the project row) and the `UPDATE` of the token that depends on it. (A form
 that checks in an `IN (SELECT …)` subquery without the lock would not be re-checked and over-admits.) A project
-without a per-minute request limit is not written at all, so its tokens do not queue on its row. On SQLite, which
+without a per-minute request limit is not written at all, so its tokens do not queue on its row. The event loop
+runs `seen` alone first (`_read_sql`), unless the token was counted the last time this process admitted it: a
+request no limit applies to is admitted by that read, and one to count goes on through the whole statement, which
+checks everything again. The whole statement's data-modifying parts prepare their tables for writing even when
+they write nothing: the read costs the database about 100 µs less per admission. On SQLite, which
 lets one writer in at a time, the read runs on the event loop's own connection (a reader never waits in WAL mode),
 and the checks and counts of a request to count are one IMMEDIATE transaction.
 
@@ -231,9 +235,17 @@ FROM seen WHERE NOT seen.counts
 
 
 @cache
-def _postgresql_native() -> tuple[bytes, tuple[str, ...]]:
-    """`_postgresql_sql` with PostgreSQL's own placeholders (`$1`…) and the parameters' names in their order, as
-    libpq sends it (proxy.libpq)."""
+def _read_sql() -> str:
+    """What `_postgresql_sql`'s `seen` reads, alone, its last value whether the request is to be counted: the whole
+    admission of a request no request limit applies to (its last value, False, is then the row's `counted`)."""
+    token, project = Token._meta.db_table, Project._meta.db_table
+    return f"SELECT {_selected()}, {_COUNTS} FROM {token} AS t, {project} AS p WHERE {_CONDITIONS}"
+
+
+@cache
+def _postgresql_native(sql: str) -> tuple[bytes, tuple[str, ...]]:
+    """A statement with PostgreSQL's own placeholders (`$1`…) and the parameters' names in their order, as libpq
+    sends it (proxy.libpq)."""
     names: list[str] = []
 
     def number(match: re.Match) -> str:
@@ -241,7 +253,7 @@ def _postgresql_native() -> tuple[bytes, tuple[str, ...]]:
             names.append(match[1])
         return f"${names.index(match[1]) + 1}"
 
-    return re.sub(r"%\((\w+)\)s", number, _postgresql_sql()).encode(), tuple(names)
+    return re.sub(r"%\((\w+)\)s", number, sql).encode(), tuple(names)
 
 
 @cache
@@ -250,7 +262,6 @@ def _sqlite_sql() -> tuple[str, str, str]:
     may only name the updated table: the project's values are subqueries) and the project minute's, in one IMMEDIATE
     transaction."""
     token, project = Token._meta.db_table, Project._meta.db_table
-    read = f"SELECT {_selected()}, {_COUNTS} FROM {token} AS t, {project} AS p WHERE {_CONDITIONS}"
 
     def of_project(expression: str) -> str:
         return f"(SELECT {expression} FROM {project} AS p WHERE p.id = project_id)"
@@ -271,7 +282,7 @@ RETURNING id, project_id, {of_project("api_key_ciphertext")}, max_requests, requ
 UPDATE {project} SET rpm_count = {_NEXT_MINUTE.format(t="")}, rpm_minute = %(minute)s
 WHERE id = %(project_id)s RETURNING rpm_count
 """
-    return read, admit, minute
+    return _read_sql(), admit, minute
 
 
 def _params(digest: str, now: datetime, stamp) -> dict:
@@ -520,17 +531,42 @@ async def _postgresql_row(digest: str, params: dict) -> tuple | None:
             del queues[digest]
 
 
+_COUNTING_KEPT = 4096
+_counting: set[str] = set()  # the digests of tokens this process last admitted with a count
+
+
 async def _postgresql_rows(all_params: list[dict]) -> list[tuple | None]:
-    sql, names = _postgresql_native()
+    """One token's admissions (`_postgresql_row` groups them by token): by the read alone, unless the token was
+    counted the last time; those the read finds to be counted then go through the whole statement."""
+    digest = all_params[0]["digest"]
+    if digest in _counting:
+        rows = await _postgresql_run(b"llmproxy_admit", _postgresql_sql(), all_params)
+        if any(row is not None and not row[-1] for row in rows):  # its request limits are gone
+            _counting.discard(digest)
+        return rows
+    rows = await _postgresql_run(b"llmproxy_read", _read_sql(), all_params)
+    to_count = [index for index, row in enumerate(rows) if row is not None and row[-1]]
+    if to_count:
+        if len(_counting) >= _COUNTING_KEPT:
+            _counting.clear()
+        _counting.add(digest)
+        counted = await _postgresql_run(b"llmproxy_admit", _postgresql_sql(), [all_params[i] for i in to_count])
+        for index, row in zip(to_count, counted, strict=True):
+            rows[index] = row
+    return rows
+
+
+async def _postgresql_run(name: bytes, sql: str, all_params: list[dict]) -> list[tuple | None]:
+    native, names = _postgresql_native(sql)
     values = [[params[name] for name in names] for params in all_params]
 
     async def statements(conn) -> list[tuple | None]:
         texts = [[libpq.as_text(value) for value in each] for each in values]
         prepare = settings.PROXY_PREPARED_STATEMENTS
         if len(texts) == 1:
-            rows = [await libpq.fetch_one(conn, b"llmproxy_admit", sql, texts[0], prepare)]
+            rows = [await libpq.fetch_one(conn, name, native, texts[0], prepare)]
         else:
-            rows = await libpq.fetch_each(conn, b"llmproxy_admit", sql, texts, prepare)
+            rows = await libpq.fetch_each(conn, name, native, texts, prepare)
         return [None if row is None else _from_text(row) for row in rows]
 
     return await db.on_loop_connection(statements)

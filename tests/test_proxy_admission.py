@@ -159,6 +159,35 @@ def test_admissions_waiting_together_each_get_their_own_answer(make_project, mak
     assert Token.objects.get(pk=plain.token.pk).request_count == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_request_is_counted_at_admission_exactly_while_a_request_limit_applies(make_project, make_token, operator):
+    """Admission reads a token first unless it was counted the last time, and counts it when a request limit
+    applies: a limit lifted or set between two requests is what the next one goes by."""
+    issued = make_token(make_project(), max_requests=100)
+    digest = secret.digest(issued.plaintext)
+
+    async def admit_one():
+        try:
+            return await admit_async(digest)
+        finally:
+            if db.is_postgresql():
+                await db.close_loop_connections()  # which would outlive the test
+
+    def admitted_and_counted() -> tuple[bool, int]:
+        result = asyncio.run(admit_one())
+        assert result.refusal is None
+        return result.allowance.counted, Token.objects.get(pk=issued.token.pk).request_count
+
+    assert [admitted_and_counted() for _ in range(2)] == [(True, 1), (True, 2)]
+    token_set_limits(token=issued.token, max_requests=None, actor=operator)
+    assert [admitted_and_counted() for _ in range(2)] == [(False, 2), (False, 2)]  # left to the usage records
+    token_set_limits(token=issued.token, max_requests=3, actor=operator)
+    assert admitted_and_counted() == (True, 3)
+    refused = asyncio.run(admit_one())
+    assert refused.refusal.code == "request_limit_reached"
+    assert Token.objects.get(pk=issued.token.pk).request_count == 3
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("prepared", [True, False])
