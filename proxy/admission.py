@@ -558,7 +558,7 @@ async def _postgresql_rows(all_params: list[dict]) -> list[tuple | None]:
 
 async def _postgresql_run(name: bytes, sql: str, all_params: list[dict]) -> list[tuple | None]:
     native, names = _postgresql_native(sql)
-    values = [[params[name] for name in names] for params in all_params]
+    values = [[params[key] for key in names] for params in all_params]
 
     async def statements(conn) -> list[tuple | None]:
         texts = [[libpq.as_text(value) for value in each] for each in values]
