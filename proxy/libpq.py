@@ -63,9 +63,7 @@ async def _fetch_one(
         if pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             await conn.close()
         raise
-    if result.ntuples == 0:
-        return None
-    return tuple(result.get_value(0, column) for column in range(result.nfields))
+    return _first_row(result)
 
 
 async def fetch_each(
@@ -119,10 +117,13 @@ async def _fetch_each(
     if preparing:
         names.add(name)
         results = results[1:]
-    return [
-        None if result.ntuples == 0 else tuple(result.get_value(0, column) for column in range(result.nfields))
-        for result in results
-    ]
+    return [_first_row(result) for result in results]
+
+
+def _first_row(result: pq.abc.PGresult) -> tuple[bytes | None, ...] | None:
+    if result.ntuples == 0:
+        return None
+    return tuple(result.get_value(0, column) for column in range(result.nfields))
 
 
 async def _next_result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
@@ -145,14 +146,7 @@ async def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
     while pgconn.flush():
         await _ready(pgconn.socket, write=True)
     first = None
-    while True:
-        pgconn.consume_input()
-        while pgconn.is_busy():
-            await _ready(pgconn.socket)
-            pgconn.consume_input()
-        result = pgconn.get_result()
-        if result is None:
-            break
+    while (result := await _next_result(pgconn)) is not None:
         if first is None:
             first = result
     if first is None:
