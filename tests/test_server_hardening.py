@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
@@ -137,6 +138,55 @@ def test_behind_tls_plain_http_is_redirected_but_for_the_health_checks(tls_serve
     assert page.status_code == 200
     assert page.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains; preload"
     assert "; secure" in page.headers["set-cookie"].lower(), "the CSRF cookie is marked Secure"
+
+
+# --- idle workers -------------------------------------------------------------------------------------------------
+def test_the_date_header_follows_the_clock_on_an_idle_server(proxy_server):
+    first = parsedate_to_datetime(httpx.get(f"{proxy_server.url}/healthz").headers["date"]).timestamp()
+    assert abs(first - time.time()) < 2
+    time.sleep(1.5)  # no request meanwhile: nothing but the next request brings the header up to date
+    second = parsedate_to_datetime(httpx.get(f"{proxy_server.url}/healthz").headers["date"]).timestamp()
+    assert second > first
+    assert abs(second - time.time()) < 2
+
+
+def test_an_idle_worker_tells_gunicorn_it_is_alive(mock_upstream, tmp_path):
+    server = start_server(
+        database=database_url(connection.settings_dict),
+        upstream_url=mock_upstream.base_url,
+        log=tmp_path / "server.log",
+        env={**TEST_SERVER_ENV, "WORKER_TIMEOUT": "2"},  # gunicorn kills a worker silent for 2 s
+        workers=1,
+    )
+    try:
+        workers = server.pids()[1:]
+        time.sleep(5)
+        assert server.pids()[1:] == workers, server.log_tail()
+        assert "WORKER TIMEOUT" not in server.log_tail()
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_worker_that_served_its_request_cap_is_replaced(mock_upstream, tmp_path):
+    server = start_server(
+        database=database_url(connection.settings_dict),
+        upstream_url=mock_upstream.base_url,
+        log=tmp_path / "server.log",
+        env={**TEST_SERVER_ENV, "GUNICORN_CMD_ARGS": "--max-requests 3"},
+        workers=1,
+    )
+    try:
+        (worker,) = server.pids()[1:]
+        for _ in range(3):
+            assert httpx.get(f"{server.url}/healthz").status_code == 200
+        deadline = time.monotonic() + 10
+        while (now := server.pids()[1:]) in ([worker], []):
+            assert time.monotonic() < deadline, f"worker {worker} served its 3 requests and is still there"
+            time.sleep(0.1)
+        assert worker not in now
+    finally:
+        server.stop()
 
 
 # --- reloads --------------------------------------------------------------------------------------------------------
