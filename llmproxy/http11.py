@@ -272,6 +272,16 @@ class _Body(httpx.AsyncByteStream):
             except TimeoutError:
                 raise httpx.ReadTimeout("timed out while reading the response") from None
 
+    def ready(self) -> bytes:
+        """What of the body has arrived and waits to be read, taken at once (b"" when nothing has)."""
+        connection = self._connection
+        if connection is None or not connection.chunks:
+            return b""
+        parts = [connection.take()]
+        while connection.chunks:
+            parts.append(connection.take())
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def pump(self, sink: typing.Callable[[bytes], bool]) -> bool:
         """Hand the chunks to `sink` as they arrive, from the connection's callback, without waking this task for
         each: True once the body has ended, False as soon as a chunk is waiting to be read the usual way (one was

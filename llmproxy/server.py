@@ -97,11 +97,37 @@ class DirectBody:
             cycle.chunked_encoding is True and not cycle.response_complete and not cycle.flow.write_paused
         )
 
+    async def start(self, send, start: dict, first: bytes) -> None:
+        """The response's head and its first body part (more to come), made by `send` as uvicorn makes them, in
+        one write: one segment, so the client wakes once for both rather than once for each."""
+        cycle = self._cycle
+        transport, gathered = cycle.transport, _Gathered()
+        cycle.transport = gathered
+        try:
+            await send(start)
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        finally:
+            cycle.transport = transport
+        if not cycle.disconnected:
+            transport.write(b"".join(gathered.parts))
+
     def write(self, data: bytes) -> None:
         """One part (not empty), once `writable` said yes; dropped if the client has gone, as `send` drops it."""
         cycle = self._cycle
         if not cycle.disconnected:
             cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+
+class _Gathered:
+    """Stands in for a connection's transport while a response's first writes are gathered (`DirectBody.start`)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
 
 
 def direct_body(send) -> DirectBody | None:

@@ -82,17 +82,26 @@ class ProxyHandler(ASGIHandler):
             return
         headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]  # str, always
         headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        response.relay.direct = direct_body(send)
-        chunk_size = self.chunk_size
+        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        direct = response.relay.direct = direct_body(send)
+        first = response.relay.ready()
+        if direct is not None and 0 < len(first) <= self.chunk_size:
+            await direct.start(send, start, first)  # one write: the client wakes once for both
+        else:
+            await send(start)
+            if first:
+                await self._send_part(first, send)
         async with contextlib.aclosing(response.parts) as parts:
             async for part in parts:
-                if len(part) <= chunk_size:
-                    await send({"type": "http.response.body", "body": part, "more_body": True})
-                else:
-                    for chunk, _ in self.chunk_bytes(part):
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await self._send_part(part, send)
         await send({"type": "http.response.body"})
+
+    async def _send_part(self, part: bytes, send) -> None:
+        if len(part) <= self.chunk_size:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        else:
+            for chunk, _ in self.chunk_bytes(part):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def __call__(self, scope, receive, send) -> None:
         try:

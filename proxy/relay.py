@@ -155,6 +155,14 @@ class Relay:
         finally:
             await self.finish(aborted=aborted, cut=cut)
 
+    def ready(self) -> bytes:
+        """What of the body can go to the client with the response's head: what has arrived already (with a stream's
+        head the upstream typically sends its first events), through `_through`; b"" when nothing has, or when the
+        upstream's transport cannot tell (httpx's own, through an egress proxy)."""
+        ready = getattr(self.upstream.stream, "ready", None)
+        chunk = ready() if ready is not None else b""
+        return self._through(chunk) if chunk else b""
+
     def _through(self, chunk: bytes) -> bytes:
         """What of an upstream chunk goes on to the client now (b"": nothing yet)."""
         if self.keeping is not None:

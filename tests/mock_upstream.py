@@ -20,6 +20,7 @@ Request headers steer it, so a test can ask through the proxy for any behaviour:
     x-mock-delay: 2.5           wait this long before the response headers
     x-mock-chunks: 5            stream this many chunks (streamed chat completions and messages)
     x-mock-chunk-delay: 0.2     wait this long between chunks
+    x-mock-at-once: 1           a stream's head and every event in one write (as a fast upstream's arrive together)
     x-mock-drop: before-headers | mid-body     close the connection there
     x-mock-echo: 1              answer with what was received (method, path, query, headers, body)
     x-mock-cache-read: 5        Anthropic's usage: this many prompt tokens read from the cache (default 0)
@@ -382,10 +383,16 @@ class MockUpstream:
         proxy hangs up."""
         request_id = request.header("x-request-id") or ""
         chunk_delay = float(request.header("x-mock-chunk-delay") or 0)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-            b"transfer-encoding: chunked\r\n" + head + b"\r\n"
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n" + (
+            b"transfer-encoding: chunked\r\n%b\r\n" % head
         )
+        if request.header("x-mock-at-once"):
+            events = b"".join(b"%x\r\n%b\r\n" % (len(event), event) for event in [*begin, *parts, *end])
+            writer.write(head + events + b"0\r\n\r\n")
+            await writer.drain()
+            self.finished[request_id] = time.monotonic()
+            return True
+        writer.write(head)
         hung_up = asyncio.ensure_future(reader.read(1))  # b"" once the proxy closes the connection
         try:
             for event in begin:

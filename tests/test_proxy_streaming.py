@@ -42,6 +42,30 @@ def test_first_chunk_arrives_while_the_upstream_is_still_sending(openai_client, 
     assert record.ttfb_ms < 500 and record.duration_ms >= 1200
 
 
+@pytest.mark.parametrize(
+    ("limits", "include_usage"),
+    [({}, False), ({}, True), ({"tokens_per_minute": 100_000}, True)],
+    ids=["usage-stripped", "usage-asked", "tokens-per-minute"],
+)
+def test_a_stream_that_arrives_whole_with_its_head_is_passed_on_whole_and_counted(
+    openai_client, make_project, make_token, limits, include_usage
+):
+    """A fast upstream's head and first events come in one read: they go on with the response's head, through the
+    same usage scan (and, with a limit to settle, the same hold on the last events) as events that come later."""
+    client = openai_client(make_token(make_project(), **limits).plaintext)
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    steer = {"x-mock-chunks": "6", "x-mock-at-once": "1", "x-request-id": "whole-stream-1"}
+    chunks = list(client.chat.completions.create(**CHAT, **options, extra_headers=steer))
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(
+        f"part{i} " for i in range(6)
+    )
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert [u.completion_tokens for u in usage] == ([6] if include_usage else [])
+    (record,) = wait_for_usage(1, request_id="whole-stream-1")
+    assert (record.streamed, record.prompt_tokens, record.completion_tokens) == (True, 11, 6)
+
+
 def test_client_disconnect_cancels_the_upstream_within_a_second(openai_client, issued, upstream):
     client = openai_client(issued.plaintext)
     stream = client.chat.completions.create(
