@@ -148,25 +148,38 @@ def _model_label(model: str, status: int) -> str:
     return _models.label(model, status)
 
 
+_children: dict[tuple, object] = {}
+
+
+def _labelled(metric, *values: str):
+    """`metric.labels(*values)`, kept: prometheus_client checks and converts the values and takes a lock on each call
+    (about 3 µs, six calls per request). Bounded as the label values are (see the module's doc)."""
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def count(row: dict, project: str) -> None:
     """Count one finished request, from its usage row (in the usage writer thread)."""
     status = row["status"]
     model = _model_label(row["model"], status)
     streamed = "true" if row["streamed"] else "false"
-    REQUESTS.labels(project, f"{status // 100}xx", model).inc()
-    REQUEST_DURATION.labels(streamed).observe(row["duration_ms"] / 1000)
+    _labelled(REQUESTS, project, f"{status // 100}xx", model).inc()
+    _labelled(REQUEST_DURATION, streamed).observe(row["duration_ms"] / 1000)
     if row["ttfb_ms"] is not None:
-        TIME_TO_FIRST_BYTE.labels(streamed).observe(row["ttfb_ms"] / 1000)
+        _labelled(TIME_TO_FIRST_BYTE, streamed).observe(row["ttfb_ms"] / 1000)
     if row["upstream_ms"] is not None:
-        UPSTREAM_DURATION.labels(streamed).observe(row["upstream_ms"] / 1000)
+        _labelled(UPSTREAM_DURATION, streamed).observe(row["upstream_ms"] / 1000)
     if row.get("prompt_tokens"):
-        PROMPT_TOKENS.labels(project, model).inc(row["prompt_tokens"])
+        _labelled(PROMPT_TOKENS, project, model).inc(row["prompt_tokens"])
     if row.get("completion_tokens"):
-        COMPLETION_TOKENS.labels(project, model).inc(row["completion_tokens"])
+        _labelled(COMPLETION_TOKENS, project, model).inc(row["completion_tokens"])
     if row["refusal_code"]:
-        REFUSALS.labels(row["refusal_code"]).inc()
+        _labelled(REFUSALS, row["refusal_code"]).inc()
     if row.get("cache"):
-        CACHE_REQUESTS.labels(project, row["cache"].lower()).inc()
+        _labelled(CACHE_REQUESTS, project, row["cache"].lower()).inc()
 
 
 def count_costs(rows: list[dict]) -> None:
