@@ -1,6 +1,7 @@
 """The server around the proxy: its static files, its production settings, its reloads."""
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -150,33 +151,33 @@ def test_the_date_header_follows_the_clock_on_an_idle_server(proxy_server):
     assert abs(second - time.time()) < 2
 
 
-def test_an_idle_worker_tells_gunicorn_it_is_alive(mock_upstream, tmp_path):
+@contextlib.contextmanager
+def one_worker(mock_upstream, tmp_path, **env: str):
+    """A server of one worker on the test database, with these settings."""
     server = start_server(
         database=database_url(connection.settings_dict),
         upstream_url=mock_upstream.base_url,
         log=tmp_path / "server.log",
-        env={**TEST_SERVER_ENV, "WORKER_TIMEOUT": "2"},  # gunicorn kills a worker silent for 2 s
+        env={**TEST_SERVER_ENV, **env},
         workers=1,
     )
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_an_idle_worker_tells_gunicorn_it_is_alive(mock_upstream, tmp_path):
+    with one_worker(mock_upstream, tmp_path, WORKER_TIMEOUT="2") as server:  # gunicorn kills one silent for 2 s
         workers = server.pids()[1:]
         time.sleep(5)
         assert server.pids()[1:] == workers, server.log_tail()
         assert "WORKER TIMEOUT" not in server.log_tail()
         assert httpx.get(f"{server.url}/healthz").status_code == 200
-    finally:
-        server.stop()
 
 
 def test_a_worker_that_served_its_request_cap_is_replaced(mock_upstream, tmp_path):
-    server = start_server(
-        database=database_url(connection.settings_dict),
-        upstream_url=mock_upstream.base_url,
-        log=tmp_path / "server.log",
-        env={**TEST_SERVER_ENV, "GUNICORN_CMD_ARGS": "--max-requests 3"},
-        workers=1,
-    )
-    try:
+    with one_worker(mock_upstream, tmp_path, GUNICORN_CMD_ARGS="--max-requests 3") as server:
         (worker,) = server.pids()[1:]
         for _ in range(3):
             assert httpx.get(f"{server.url}/healthz").status_code == 200
@@ -185,8 +186,6 @@ def test_a_worker_that_served_its_request_cap_is_replaced(mock_upstream, tmp_pat
             assert time.monotonic() < deadline, f"worker {worker} served its 3 requests and is still there"
             time.sleep(0.1)
         assert worker not in now
-    finally:
-        server.stop()
 
 
 # --- reloads --------------------------------------------------------------------------------------------------------
