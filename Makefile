@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lint format bench bench-compare bench-admin bench-faults cluster clean
+.PHONY: run test setup lint format bench bench-compare bench-side-by-side bench-admin bench-faults cluster clean
 
 run: setup
 	$(PY) manage.py migrate --noinput
@@ -41,6 +41,10 @@ bench: setup
 # The shared benchmark (SHARED_BENCH, default ../shared/bench) on a fresh database: SQLite, or DATABASE_URL's PostgreSQL.
 bench-compare: setup
 	$(PY) bench/compare.py
+
+# This checkout against BASE (a revision), both served at once behind the shared benchmark's mock.
+bench-side-by-side: setup
+	$(PY) bench/side_by_side.py $(BASE)
 
 bench-admin: setup
 	$(PY) bench/admin_bench.py

@@ -28,7 +28,7 @@ from tests.live import free_port  # noqa: E402
 MOCK_KEY = "sk-mock-upstream-key"
 
 
-def seed(env: dict) -> str:
+def seed(env: dict, checkout: Path = BASE_DIR) -> str:
     """Migrate, then a project and an unlimited token for the mock; the token's plaintext."""
     code = (
         "from datetime import timedelta\n"
@@ -39,21 +39,22 @@ def seed(env: dict) -> str:
         f"project = project_create(name='Shared bench', api_key={MOCK_KEY!r}, actor=actor)\n"
         "print(token_generate(project=project, duration=timedelta(hours=4), actor=actor).plaintext)\n"
     )
-    return migrate_and_run(env, code)[-1]
+    return migrate_and_run(env, code, checkout)[-1]
 
 
-def main() -> int:
+# The server as in production: gunicorn with uvicorn workers (gunicorn.conf.py), run from a checkout's folder.
+SERVER = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "llmproxy.asgi:application"]
+
+
+def harness_folder() -> Path:
+    return Path(os.environ.get("SHARED_BENCH") or BASE_DIR.parent / "shared" / "bench").resolve()
+
+
+def server_env(db_url: str, mock_port: int | str, port: int) -> dict:
+    """The server's settings: 2 workers, DEBUG off, the proxy's access log and metrics on, the mock as upstream."""
     from cryptography.fernet import Fernet
 
-    harness = Path(os.environ.get("SHARED_BENCH") or BASE_DIR.parent / "shared" / "bench").resolve()
-    script = harness / "run_compare.sh"
-    if not script.is_file():
-        print(f"no shared benchmark at {harness} (set SHARED_BENCH)", file=sys.stderr)
-        return 2
-    mock_port = os.environ.get("MOCK_PORT", "18080")
-    port = free_port()
-    db_url, drop_database = database(f"compare_{os.getpid()}")
-    env = {
+    return {
         **os.environ,
         "DEBUG": "0",
         "SECRET_KEY": "bench-" + os.urandom(24).hex(),
@@ -67,16 +68,27 @@ def main() -> int:
         "PROXY_ACCESS_LOG": "true",
         "METRICS_ENABLED": "true",
     }
+
+
+def main() -> int:
+    harness = harness_folder()
+    script = harness / "run_compare.sh"
+    if not script.is_file():
+        print(f"no shared benchmark at {harness} (set SHARED_BENCH)", file=sys.stderr)
+        return 2
+    mock_port = os.environ.get("MOCK_PORT", "18080")
+    port = free_port()
+    db_url, drop_database = database(f"compare_{os.getpid()}")
+    env = server_env(db_url, mock_port, port)
     try:
         token = seed(env)
         engine = "pg" if db_url.startswith("postgres") else "sqlite"
-        server = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "llmproxy.asgi:application"]
         env |= {
             "TARGET_URL": f"http://127.0.0.1:{port}",
             "TARGET_TOKEN": token,
             "TARGET_NAME": os.environ.get("TARGET_NAME", "llmproxy-" + engine),
             # `exec`, so the pid the harness accounts CPU to is gunicorn's master (its workers are its children).
-            "TARGET_CMD": f"cd {shlex.quote(str(BASE_DIR))} && exec {shlex.join(server)}",
+            "TARGET_CMD": f"cd {shlex.quote(str(BASE_DIR))} && exec {shlex.join(SERVER)}",
         }
         if os.environ.get("WITH_LITELLM", "") in ("", "0"):
             env["SKIP_LITELLM"] = "1"

@@ -324,12 +324,12 @@ def seed(env: dict) -> tuple[str, str, str, str]:
     return free, limited, ruled, cached
 
 
-def migrate_and_run(env: dict, code: str) -> list[str]:
-    """Migrate the database `env` names, then run `code` in `manage.py shell`; the lines it printed."""
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True)
+def migrate_and_run(env: dict, code: str, checkout: Path = BASE_DIR) -> list[str]:
+    """Migrate the database `env` names, then run `code` in `manage.py shell` (of `checkout`); the lines it printed."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=checkout, env=env, check=True)
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=BASE_DIR,
+        cwd=checkout,
         env=env,
         check=True,
         capture_output=True,
