@@ -32,7 +32,7 @@ import httpx
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from bench.proxy_bench import database, seed, wait_for_port  # noqa: E402
+from bench.proxy_bench import database, seed, stop_process, wait_for_port  # noqa: E402
 from tests.live import child_pids, free_port  # noqa: E402
 from tests.tcp_relay import TcpRelay  # noqa: E402
 
@@ -78,12 +78,7 @@ class Server:
         return child_pids(self.process.pid)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, 30)
         self.log.close()
 
 

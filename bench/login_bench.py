@@ -26,7 +26,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from bench.proxy_bench import Target, database, latency, percentile, seed, wait_for_port  # noqa: E402
+from bench.proxy_bench import Target, database, latency, percentile, seed, stop_process, wait_for_port  # noqa: E402
 from tests.live import child_pids, free_port  # noqa: E402
 
 ADMIN_USER = "admin"
@@ -179,11 +179,7 @@ def main() -> None:
         )
     finally:
         for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
         drop_database()
 
 

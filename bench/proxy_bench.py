@@ -338,6 +338,17 @@ def migrate_and_run(env: dict, code: str, checkout: Path = BASE_DIR) -> list[str
     return result.stdout.strip().splitlines()
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a process this bench started and wait for it; killed if it does not end within `timeout`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
     import socket
 
@@ -689,11 +700,7 @@ def main() -> None:
         if sampler is not None:
             sampler.running = False
         for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
         drop_database()
         if "cache" in args.parts and redis_answers(redis_url):
             forget_redis_keys(redis_url, redis_prefix)

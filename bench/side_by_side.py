@@ -31,7 +31,7 @@ sys.path.insert(0, str(BASE_DIR / "bench"))
 sys.path.insert(0, str(BASE_DIR))
 
 from compare import SERVER, harness_folder, seed, server_env  # noqa: E402
-from proxy_bench import database, wait_for_port  # noqa: E402
+from proxy_bench import database, stop_process, wait_for_port  # noqa: E402
 
 from tests.live import child_pids, free_port  # noqa: E402
 
@@ -65,11 +65,7 @@ class Side:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process, 30)
         self.log.close()
         self.drop_database()
 
@@ -140,7 +136,7 @@ def main() -> int:
     finally:
         for side in sides:
             side.stop()
-        mock.terminate()
+        stop_process(mock)
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=BASE_DIR, check=False)
         print(f"servers' logs in {folder}", file=sys.stderr)
     return 0
