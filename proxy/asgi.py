@@ -1,7 +1,8 @@
 """How `/v1/` is served: the proxy's view called straight from the ASGI server, with the body limit enforced early.
 
 Django's handler, its middleware and its URL resolution have nothing to do for an API call: the view needs the
-scope, the body and its path, and answers with Django's response objects (a refusal, or the relayed `RelayResponse`).
+scope, the body and its path, and answers with one of Django's responses (a refusal, a preflight, an answer from the
+response cache) or with the relayed upstream response (`RelayResponse`, which is not one of them).
 Building Django's request (its META from every header), resolving the URL, the middleware chain and the request
 signals (each a hop to a thread on an async request) cost about a seventh of a worker's time per request, so
 `ProxyHandler` reads the body, calls `proxy.views.forward` and sends what it returns, beside a listener that cancels
@@ -76,13 +77,11 @@ class ProxyHandler(ASGIHandler):
             await self.send_response(response, send)
 
     async def send_response(self, response, send) -> None:
-        """Django's, but a relayed response's parts go to the server as they are (`RelayResponse`)."""
+        """Django's for Django's responses; a relayed one's head and parts go to the server as they are."""
         if not isinstance(response, RelayResponse):
             await super().send_response(response, send)
             return
-        headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]  # str, always
-        headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
-        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        start = {"type": "http.response.start", "status": response.status_code, "headers": response.headers}
         direct = response.relay.direct = direct_body(send)
         first = response.relay.ready()
         if direct is not None and 0 < len(first) <= self.chunk_size:

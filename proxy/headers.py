@@ -89,13 +89,18 @@ def upstream_request_headers(
 
 
 def client_response_headers(
-    upstream_headers: list[tuple[bytes, bytes]], *, body_rewritten: bool, own_rate_limits: bool = False
-) -> dict[str, str]:
-    """The upstream's response headers to pass back. Repeated headers are joined (Django keeps one of each).
+    upstream_headers: list[tuple[bytes, bytes]],
+    own: dict[str, str],
+    *,
+    body_rewritten: bool,
+    own_rate_limits: bool = False,
+) -> list[tuple[bytes, bytes]]:
+    """The response's headers as the server sends them: the upstream's that pass back (a repeated one joined into
+    one), then the proxy's `own`, each in place of an upstream header of the same name, whatever its case.
 
     With `own_rate_limits`, the upstream's `x-ratelimit-*` (the company's account) give way to the caller's own.
     """
-    headers: dict[str, str] = {}
+    headers: dict[bytes, tuple[bytes, bytes]] = {}  # by lower-cased name
     for raw_name, raw_value in upstream_headers:
         name = raw_name.lower()
         if (
@@ -104,11 +109,14 @@ def client_response_headers(
             or (own_rate_limits and name.startswith(b"x-ratelimit-"))
         ):
             if name == b"x-request-id":
-                headers["X-Upstream-Request-ID"] = raw_value.decode("latin-1")
+                headers[b"x-upstream-request-id"] = (b"X-Upstream-Request-ID", raw_value)
             continue
-        key, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
+        known = headers.get(name)
+        headers[name] = (raw_name, raw_value) if known is None else (known[0], known[1] + b", " + raw_value)
+    for name, value in own.items():
+        raw_name = name.encode("latin-1")
+        headers[raw_name.lower()] = (raw_name, value.encode("latin-1"))
+    return list(headers.values())
 
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{8,128}")

@@ -56,7 +56,7 @@ def _upstream_key(ciphertext: str) -> bytes:
     return crypto.decrypt(ciphertext).encode()
 
 
-async def forward(request: ProxyRequest) -> HttpResponse:
+async def forward(request: ProxyRequest) -> HttpResponse | RelayResponse:
     """A request to `/v1/…`, called by `proxy.asgi.ProxyHandler`, which has already checked the body's size."""
     scope = request.scope
     read = read_headers(scope)
@@ -139,7 +139,7 @@ def _model_in_path(api_path: str, forwarded_path: str, policy: RequestPolicy) ->
 
 async def _forward(
     request: ProxyRequest, scope: dict, exchange: Exchange, api_path: str, read: dict[bytes, str]
-) -> HttpResponse:
+) -> HttpResponse | RelayResponse:
     method = exchange.method
     raw_path = scope.get("raw_path") or escape_uri_path(scope["path"]).encode()  # raw_path is optional in ASGI
     if not endpoints.plain_path(raw_path, scope["path"]):
@@ -270,20 +270,17 @@ async def _forward(
         keeping=keeping,
     )
     relay.watch(asyncio.current_task())
-    client_response = RelayResponse(relay, status=response.status_code)
-    del client_response["Content-Type"]  # only what the upstream sent
     own_limits = allowance.headers()
-    upstream_headers = headers.client_response_headers(
-        response.headers.raw, body_rewritten=strip or rewrite is not None, own_rate_limits=bool(own_limits)
-    )
-    for name, value in (upstream_headers | own_limits | exchange.headers()).items():
-        client_response[name] = value
+    own = own_limits | exchange.headers()
     if exchange.cache:
-        client_response["X-Cache"] = exchange.cache
-    client_response["Server-Timing"] = (
+        own["X-Cache"] = exchange.cache
+    own["Server-Timing"] = (
         f"proxy;dur={(sent_at - exchange.started) * 1000:.2f}, upstream;dur={(headers_at - sent_at) * 1000:.2f}"
     )
-    return client_response
+    client_headers = headers.client_response_headers(
+        response.headers.raw, own, body_rewritten=strip or rewrite is not None, own_rate_limits=bool(own_limits)
+    )
+    return RelayResponse(relay, response.status_code, client_headers)
 
 
 @dataclass(frozen=True)

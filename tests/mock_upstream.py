@@ -29,6 +29,7 @@ Request headers steer it, so a test can ask through the proxy for any behaviour:
                                 versions do; by default it has only output_tokens)
     x-mock-usage-first: 1       a message's usage before its content, not after
     x-mock-cache-control: no-store   the answer's Cache-Control header (JSON answers)
+    x-mock-more-headers: 1      JSON answers also carry Vary twice, CORS and rate-limit headers of the upstream's own
 
 Run on its own (for benchmarks): `python tests/mock_upstream.py --port 9000 [--auth x-api-key]`.
 """
@@ -296,6 +297,8 @@ class MockUpstream:
         """A 200 JSON answer, with the Cache-Control the request asks for."""
         said = request.header("x-mock-cache-control")
         extra = f"cache-control: {said}\r\n" if said else ""
+        if request.header("x-mock-more-headers"):
+            extra += MORE_HEADERS
         return await self._send(writer, 200, "application/json", json.dumps(document).encode(), extra)
 
     async def _anthropic_json(self, writer, status: int, document) -> bool:
@@ -575,6 +578,10 @@ AZURE_UNAUTHORIZED = {
 }
 ANTHROPIC_RESPONSE_HEADERS = "request-id: req_mock_anthropic\r\nanthropic-organization-id: company-org-id\r\n"
 ANTHROPIC_INPUT_TOKENS = 11
+MORE_HEADERS = (
+    "vary: Accept-Encoding\r\nVary: Accept\r\naccess-control-allow-origin: *\r\n"
+    "X-RateLimit-Limit-Requests: 10000\r\nx-ratelimit-remaining-requests: 9999\r\n"
+)
 ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

@@ -80,6 +80,31 @@ def test_response_headers(proxy_server, upstream, token):
     assert response.headers.get_list("x-request-id") == [response.headers["x-request-id"]]
 
 
+def test_the_proxys_own_headers_take_the_place_of_the_upstreams_whatever_their_case(
+    proxy_server, upstream, make_project, make_token
+):
+    limited = make_token(make_project(), requests_per_minute=30).plaintext
+    unlimited = make_token(make_project()).plaintext
+    chat = f"{proxy_server.base_url}/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    more = {"x-mock-more-headers": "1"}
+
+    own_limits = httpx.post(chat, json=body, headers={**more, "Authorization": f"Bearer {limited}"})
+    upstreams = httpx.post(chat, json=body, headers={**more, "Authorization": f"Bearer {unlimited}"})
+    with_cors = httpx.post(
+        chat, json=body, headers={**more, "Authorization": f"Bearer {limited}", "Origin": ALLOWED_ORIGIN}
+    )
+
+    assert own_limits.headers.get_list("x-ratelimit-limit-requests") == ["30"]
+    assert own_limits.headers.get_list("x-ratelimit-remaining-requests") == ["29"]
+    assert upstreams.headers.get_list("x-ratelimit-limit-requests") == ["10000"]  # the company's account's
+    for response in (own_limits, upstreams):
+        assert response.headers.get_list("vary") == ["Accept-Encoding, Accept"]  # the upstream's, joined into one
+        assert response.headers.get_list("access-control-allow-origin") == ["*"]
+    assert with_cors.headers.get_list("access-control-allow-origin") == [ALLOWED_ORIGIN]
+    assert with_cors.headers.get_list("vary") == ["Origin"]
+
+
 def test_a_sane_client_request_id_is_kept_and_an_odd_one_replaced(proxy_server, upstream, token):
     auth = {"Authorization": f"Bearer {token}"}
     kept = httpx.get(f"{proxy_server.base_url}/models", headers={**auth, "X-Request-ID": "trace-1234.abcd"})
