@@ -9,6 +9,7 @@ import logging
 from llmproxy.logs import text_value
 
 logger = logging.getLogger("proxy.access")
+_NO_CALLER = ("(unknown file)", 0)  # what `logging` records when it does not look for the caller
 
 
 def _ms(value: float | None) -> float | None:
@@ -41,4 +42,8 @@ def log_request(row: dict, project: str) -> None:
         "upstream_aborted": row["upstream_aborted"],
         "cache": row.get("cache") or None,
     }
-    logger.info("%s %s %s", row["method"], text_value(path), row["status"], extra={"fields": fields})
+    # The record made here, not by `logger.info`, which first walks the stack for the caller's file and line: a
+    # quarter of the line's cost, for what no format of ours prints.
+    args = (row["method"], text_value(path), row["status"])
+    extra = {"fields": fields}
+    logger.handle(logger.makeRecord(logger.name, logging.INFO, *_NO_CALLER, "%s %s %s", args, None, extra=extra))
