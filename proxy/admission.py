@@ -329,8 +329,8 @@ def _admitted(row: tuple, now: datetime, read: Callable[[tuple], tuple] | None =
     """The admission the statement's row says, within this second of this minute: an identical row (a token with no
     per-minute limit has the same row request after request) gives the same (frozen) Admission, built once. The
     statement still runs for every request: this spares only building the objects again (5 % of a worker's CPU at
-    c=32, profiled). `read` makes the row's values of a row as it came (PostgreSQL's text, `_from_text`), only when
-    it is not known: converting its 26 values took 8 µs a request."""
+    c=32, profiled). `read` turns a row as it came (PostgreSQL's text: `_from_text`) into its values, only when its
+    admission is not known yet: converting the 26 values for every request took 8 µs."""
     minute, reset = minute_key(now), minute_reset_seconds(now)
     key = (row, minute, reset)
     found = _admitted_rows.get(key)
