@@ -234,17 +234,23 @@ class RssSampler(threading.Thread):
             time.sleep(0.1)
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the server's workers so far (from /proc): what a run cost the server, much less
-    sensitive than throughput to what else the machine runs."""
+def cpu_ns(pids) -> int:
+    """CPU time so far of these processes, all their threads, in nanoseconds (/proc's `schedstat`: not rounded to
+    clock ticks as `stat`'s user and system times are)."""
     total = 0
-    for child in child_pids(pid):
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of the server's workers so far: what a run cost the server, much less sensitive than throughput to
+    what else the machine runs."""
+    return cpu_ns(child_pids(pid)) / 1e9
 
 
 async def throughput_and_cpu(target: Target, server_pid: int, seconds: float) -> tuple[float, float]:

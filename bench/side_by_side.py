@@ -30,24 +30,15 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR / "bench"))
 sys.path.insert(0, str(BASE_DIR))
 
-from compare import SERVER, harness_folder, seed, server_env  # noqa: E402
-from proxy_bench import database, stop_process, wait_for_port  # noqa: E402
+from compare import MOCK_KEY, SERVER, harness_folder, seed, server_env  # noqa: E402
+from proxy_bench import cpu_ns, database, stop_process, wait_for_port  # noqa: E402
 
 from tests.live import child_pids, free_port  # noqa: E402
 
-MOCK_KEY = "sk-mock-upstream-key"
-
 
 def tree_cpu_ns(pid: int) -> int:
-    """CPU time so far of a process, its children and all their threads, in nanoseconds."""
-    total = 0
-    for process in (pid, *child_pids(pid)):
-        for task in Path(f"/proc/{process}/task").glob("*"):
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-    return total
+    """CPU time so far of a process (the gunicorn master) and its children, in nanoseconds."""
+    return cpu_ns((pid, *child_pids(pid)))
 
 
 class Side:
