@@ -2,6 +2,8 @@ import os
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.test import override_settings
 
 from llmproxy.audit import Actor
 
@@ -18,6 +20,20 @@ def require_part(available: bool, reason: str) -> None:
     if os.environ.get("REQUIRE_ALL_PARTS"):
         pytest.fail(f"required part missing: {reason}")
     pytest.skip(reason)
+
+
+class QuickPasswordHasher(PBKDF2PasswordHasher):
+    """Django's PBKDF2 at one iteration: a hash costs microseconds instead of 0.4 s of CPU, which the operators every
+    test makes spent more than half of the suite's time on. Its hashes are Django's own format (the iterations are in
+    them), so a server started by a test, with the production hashers, checks them too."""
+
+    iterations = 1
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quick_password_hashing():
+    with override_settings(PASSWORD_HASHERS=["tests.conftest.QuickPasswordHasher"]):
+        yield
 
 
 @pytest.fixture
