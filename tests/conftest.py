@@ -36,6 +36,22 @@ def quick_password_hashing():
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_session_left_on_the_test_database(django_db_setup, django_db_blocker):
+    """At the end, the sessions the tests left on the PostgreSQL test database (the proxy's database threads, Django's
+    pool) are ended, so it can be dropped: PostgreSQL refuses to drop a database anyone is connected to."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture
 def admin_user(django_user_model):
     return django_user_model.objects.create_superuser(username="operator", email="op@example.com", password="pw")
