@@ -37,6 +37,9 @@ from .prices import Price
 logger = logging.getLogger(__name__)
 
 JSON_TAIL_BYTES = 16 * 1024
+# The event that ends an OpenAI stream: the SDKs stop reading there, and the synchronous one closes the connection at
+# once, often before the upstream's own end of the body has reached the proxy.
+_STREAM_END = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
 REWRITE_MAX_BYTES = 8 << 20  # a body the proxy rewrites whole (a model list) is read whole: it must stay small
 
 
@@ -101,6 +104,7 @@ class Relay:
         self.json_tail: bytearray | None = bytearray() if json_body else None
         self.held = b""  # the last chunk of a body whose end waits for the settlement
         self.first_byte_at: float | None = None
+        self.end_passed = False  # the stream's last event went on to the client: leaving after it is no abort
         self.finished = False
         self.settled = False
         self.cost_usd: Decimal | None = None
@@ -149,7 +153,7 @@ class Relay:
                     self.first_byte_at = time.perf_counter()
                 yield held
         except asyncio.CancelledError:
-            aborted = True
+            aborted = not self.end_passed
             raise
         except httpx.HTTPError as exc:
             cut = True
@@ -183,8 +187,11 @@ class Relay:
             chunk = self.stream_usage.feed(chunk)
         elif self.settle is not None:
             chunk, self.held = self.held, chunk
-        if chunk and self.first_byte_at is None:
-            self.first_byte_at = time.perf_counter()
+        if chunk:
+            if self.first_byte_at is None:
+                self.first_byte_at = time.perf_counter()
+            if self.stream_usage is not None:
+                self.end_passed = chunk.endswith(_STREAM_END)
         return chunk
 
     def _pass_on(self, chunk: bytes) -> bool:

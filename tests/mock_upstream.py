@@ -21,6 +21,7 @@ Request headers steer it, so a test can ask through the proxy for any behaviour:
     x-mock-chunks: 5            stream this many chunks (streamed chat completions and messages)
     x-mock-chunk-delay: 0.2     wait this long between chunks
     x-mock-at-once: 1           a stream's head and every event in one write (as a fast upstream's arrive together)
+    x-mock-end-delay: 0.5       wait this long between a stream's last event and the end of its body
     x-mock-drop: before-headers | mid-body     close the connection there
     x-mock-echo: 1              answer with what was received (method, path, query, headers, body)
     x-mock-cache-read: 5        Anthropic's usage: this many prompt tokens read from the cache (default 0)
@@ -411,6 +412,11 @@ class MockUpstream:
                         raise Drop
             for event in end:
                 await self._write_chunk(writer, event)
+            if end_delay := float(request.header("x-mock-end-delay") or 0):
+                done, _ = await asyncio.wait([hung_up], timeout=end_delay)
+                if done:
+                    self.disconnects[request_id] = time.monotonic()
+                    raise Drop
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             self.finished[request_id] = time.monotonic()

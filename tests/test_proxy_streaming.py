@@ -87,6 +87,26 @@ def test_client_disconnect_cancels_the_upstream_within_a_second(openai_client, i
     assert record.total_tokens is None, "the usage event never came"
 
 
+def test_a_client_that_leaves_once_it_has_the_last_event_did_not_abort(openai_client, issued, upstream):
+    """The synchronous SDK closes the connection at `data: [DONE]`, before the upstream's own end of the body (here
+    half a second later) reaches the proxy: the stream is recorded whole, not as aborted, and the client had its end
+    at once."""
+    client = openai_client(issued.plaintext)
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        **CHAT,
+        stream_options={"include_usage": True},
+        extra_headers={"x-mock-end-delay": "0.5", "x-request-id": "left-at-done"},
+    )
+    chunks = list(stream)
+    assert time.monotonic() - started < 0.4, "the last event waited for the upstream's end"
+    assert [c.usage.completion_tokens for c in chunks if c.usage is not None] == [3]
+
+    (record,) = wait_for_usage(1, request_id="left-at-done")
+    assert record.streamed and not record.client_aborted and record.status == 200
+    assert (record.prompt_tokens, record.completion_tokens) == (11, 3)
+
+
 def test_an_upstream_breaking_off_mid_stream_cuts_the_client_too(openai_client, issued):
     client = openai_client(issued.plaintext)
     stream = client.chat.completions.create(**CHAT, extra_headers={"x-mock-drop": "mid-body", "x-mock-chunks": "5"})
