@@ -104,7 +104,7 @@ class Relay:
         self.json_tail: bytearray | None = bytearray() if json_body else None
         self.held = b""  # the last chunk of a body whose end waits for the settlement
         self.first_byte_at: float | None = None
-        self.end_passed = False  # the stream's last event went on to the client: leaving after it is no abort
+        self.last_part = b""  # the last bytes passed on to the client
         self.finished = False
         self.settled = False
         self.cost_usd: Decimal | None = None
@@ -153,7 +153,7 @@ class Relay:
                     self.first_byte_at = time.perf_counter()
                 yield held
         except asyncio.CancelledError:
-            aborted = not self.end_passed
+            aborted = not self.last_part.endswith(_STREAM_END)  # a client may leave once it has the stream's end
             raise
         except httpx.HTTPError as exc:
             cut = True
@@ -188,10 +188,9 @@ class Relay:
         elif self.settle is not None:
             chunk, self.held = self.held, chunk
         if chunk:
+            self.last_part = chunk
             if self.first_byte_at is None:
                 self.first_byte_at = time.perf_counter()
-            if self.stream_usage is not None:
-                self.end_passed = chunk.endswith(_STREAM_END)
         return chunk
 
     def _pass_on(self, chunk: bytes) -> bool:

@@ -36,10 +36,11 @@ def quick_password_hashing():
         yield
 
 
-@pytest.fixture(autouse=True, scope="session")
-def no_session_left_on_the_test_database(django_db_setup, django_db_blocker):
-    """At the end, the sessions the tests left on the PostgreSQL test database (the proxy's database threads, Django's
-    pool) are ended, so it can be dropped: PostgreSQL refuses to drop a database anyone is connected to."""
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's, which drops the test database at the end: first the sessions the tests left on it on
+    PostgreSQL (the proxy's database threads, Django's pool) are ended, as PostgreSQL refuses to drop a database
+    anyone is connected to."""
     yield
     from django.db import connection
 

@@ -405,18 +405,10 @@ class MockUpstream:
                 await self._write_chunk(writer, event)
                 if request.header("x-mock-drop") == "mid-body" and index == 0:
                     raise Drop
-                if chunk_delay:
-                    done, _ = await asyncio.wait([hung_up], timeout=chunk_delay)
-                    if done:
-                        self.disconnects[request_id] = time.monotonic()
-                        raise Drop
+                await self._pause(chunk_delay, hung_up, request_id)
             for event in end:
                 await self._write_chunk(writer, event)
-            if end_delay := float(request.header("x-mock-end-delay") or 0):
-                done, _ = await asyncio.wait([hung_up], timeout=end_delay)
-                if done:
-                    self.disconnects[request_id] = time.monotonic()
-                    raise Drop
+            await self._pause(float(request.header("x-mock-end-delay") or 0), hung_up, request_id)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             self.finished[request_id] = time.monotonic()
@@ -427,6 +419,14 @@ class MockUpstream:
             hung_up.cancel()
             await asyncio.gather(hung_up, return_exceptions=True)  # the reader is free for the next request
         return True
+
+    async def _pause(self, seconds: float, hung_up: asyncio.Future, request_id: str) -> None:
+        """Wait `seconds` within a stream; a proxy that hangs up meanwhile ends it (recorded as a disconnect)."""
+        if seconds:
+            done, _ = await asyncio.wait([hung_up], timeout=seconds)
+            if done:
+                self.disconnects[request_id] = time.monotonic()
+                raise Drop
 
     @staticmethod
     async def _write_chunk(writer, data: bytes) -> None:
